@@ -1,0 +1,473 @@
+//! Configuration in two layers (STYLE.md §11): [`RawConfig`] is what serde
+//! reads from TOML, [`Config`] is the checked runtime form with defaults
+//! applied. Every error names the field it is about, e.g.
+//! `service[0].server[1].weight: must be at most 65535`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::sched::SchedulerKind;
+
+/// A configuration error; the message names the offending field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Syntax(String),
+    #[error("{field}: {msg}")]
+    Field { field: String, msg: String },
+}
+
+fn field_err(field: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field: field.into(),
+        msg: msg.into(),
+    }
+}
+
+// ---------------------------------------------------------------- raw layer
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub global: RawGlobal,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub service: Vec<RawService>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGlobal {
+    pub workers: Option<usize>,
+    pub metrics: Option<String>,
+    pub log: Option<String>,
+    pub shutdown_grace_ms: Option<u64>,
+    pub splice_threshold: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_header_bytes: Option<usize>,
+    pub max_headers: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub client_header_timeout_ms: Option<u64>,
+    pub client_idle_timeout_ms: Option<u64>,
+    pub client_body_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: Option<String>,
+    pub listen: Option<String>,
+    pub scheduler: Option<String>,
+    #[serde(default)]
+    pub forwarding: RawForwarding,
+    #[serde(default)]
+    pub pool: RawPool,
+    #[serde(default)]
+    pub lblc: RawLblc,
+    #[serde(default)]
+    pub server: Vec<RawServer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwarding {
+    pub x_forwarded_for: Option<bool>,
+    pub x_forwarded_proto: Option<bool>,
+    pub via: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub max_idle_per_server: Option<usize>,
+    pub idle_timeout_ms: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    pub response_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLblc {
+    pub max_entries: Option<usize>,
+    pub expire_s: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub address: Option<String>,
+    pub weight: Option<u32>,
+    pub low: Option<u32>,
+    pub high: Option<u32>,
+}
+
+// ------------------------------------------------------------ checked layer
+
+/// The checked configuration the switch runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub workers: usize,
+    pub metrics: Option<SocketAddr>,
+    pub log: String,
+    pub shutdown_grace: Duration,
+    /// Bodies with at least this many bytes still to move go through splice(2).
+    pub splice_threshold: u64,
+    pub limits: Limits,
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_connections: usize,
+    pub client_header_timeout: Duration,
+    pub client_idle_timeout: Duration,
+    pub client_body_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub scheduler: SchedulerKind,
+    pub forwarding: Forwarding,
+    pub pool: PoolConfig,
+    pub lblc_max_entries: usize,
+    pub lblc_expire: Duration,
+    pub servers: Vec<ServerConfig>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarding {
+    pub x_forwarded_for: bool,
+    pub x_forwarded_proto: bool,
+    pub via: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub max_idle_per_server: usize,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub low: u32,
+    pub high: u32,
+}
+
+/// Default number of bytes from which a body is spliced rather than copied;
+/// set from `bench/splice-vs-copy` (see bench/RESULTS.md).
+pub const DEFAULT_SPLICE_THRESHOLD: u64 = 64 * 1024;
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// Parses and checks a configuration held in a string.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        raw.validate()
+    }
+}
+
+fn ms(v: Option<u64>, default: u64) -> Duration {
+    Duration::from_millis(v.unwrap_or(default))
+}
+
+fn positive_ms(field: &str, v: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
+    let d = ms(v, default);
+    if d.is_zero() {
+        return Err(field_err(field, "must be greater than 0"));
+    }
+    Ok(d)
+}
+
+impl RawConfig {
+    /// Applies defaults and cross-field checks.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let g = self.global;
+        let workers = match g.workers {
+            None | Some(0) => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            Some(n) if n > 1024 => return Err(field_err("global.workers", "must be at most 1024")),
+            Some(n) => n,
+        };
+        let metrics = match g.metrics {
+            None => None,
+            Some(s) if s.is_empty() => None,
+            Some(s) => Some(s.parse::<SocketAddr>().map_err(|e| {
+                field_err("global.metrics", format!("not an address ip:port ({e})"))
+            })?),
+        };
+        let l = self.limits;
+        let max_header_bytes = l.max_header_bytes.unwrap_or(16 * 1024);
+        if !(256..=1024 * 1024).contains(&max_header_bytes) {
+            return Err(field_err(
+                "limits.max_header_bytes",
+                "must be between 256 and 1048576",
+            ));
+        }
+        let max_headers = l.max_headers.unwrap_or(100);
+        if !(8..=1000).contains(&max_headers) {
+            return Err(field_err(
+                "limits.max_headers",
+                "must be between 8 and 1000",
+            ));
+        }
+        let limits = Limits {
+            max_header_bytes,
+            max_headers,
+            max_connections: match l.max_connections {
+                Some(0) => {
+                    return Err(field_err(
+                        "limits.max_connections",
+                        "must be greater than 0",
+                    ))
+                }
+                v => v.unwrap_or(50_000),
+            },
+            client_header_timeout: positive_ms(
+                "limits.client_header_timeout_ms",
+                l.client_header_timeout_ms,
+                10_000,
+            )?,
+            client_idle_timeout: positive_ms(
+                "limits.client_idle_timeout_ms",
+                l.client_idle_timeout_ms,
+                60_000,
+            )?,
+            client_body_timeout: positive_ms(
+                "limits.client_body_timeout_ms",
+                l.client_body_timeout_ms,
+                60_000,
+            )?,
+        };
+        if self.service.is_empty() {
+            return Err(field_err("service", "at least one [[service]] is required"));
+        }
+        let mut names = HashSet::new();
+        let mut listens = HashSet::new();
+        let mut services = Vec::with_capacity(self.service.len());
+        for (i, s) in self.service.into_iter().enumerate() {
+            let f = |name: &str| format!("service[{i}].{name}");
+            let name = s.name.unwrap_or_else(|| format!("service{i}"));
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(field_err(
+                    f("name"),
+                    "must be non-empty and use only letters, digits, '-', '_', '.'",
+                ));
+            }
+            if !names.insert(name.clone()) {
+                return Err(field_err(
+                    f("name"),
+                    format!("duplicate service name {name:?}"),
+                ));
+            }
+            let listen = s
+                .listen
+                .ok_or_else(|| field_err(f("listen"), "is required (ip:port)"))?
+                .parse::<SocketAddr>()
+                .map_err(|e| field_err(f("listen"), format!("not an address ip:port ({e})")))?;
+            if listen.port() != 0 && !listens.insert(listen) {
+                return Err(field_err(
+                    f("listen"),
+                    format!("{listen} is used by another service"),
+                ));
+            }
+            let scheduler = match s.scheduler.as_deref() {
+                None => SchedulerKind::Wlc,
+                Some(name) => SchedulerKind::parse(name).ok_or_else(|| {
+                    field_err(
+                        f("scheduler"),
+                        format!(
+                            "unknown scheduler {name:?} (known: {})",
+                            SchedulerKind::NAMES
+                        ),
+                    )
+                })?,
+            };
+            let fw = s.forwarding;
+            let forwarding = Forwarding {
+                x_forwarded_for: fw.x_forwarded_for.unwrap_or(true),
+                x_forwarded_proto: fw.x_forwarded_proto.unwrap_or(true),
+                via: fw.via.unwrap_or(true),
+            };
+            let p = s.pool;
+            let max_idle = p.max_idle_per_server.unwrap_or(64);
+            if max_idle > 100_000 {
+                return Err(field_err(
+                    f("pool.max_idle_per_server"),
+                    "must be at most 100000",
+                ));
+            }
+            let pool = PoolConfig {
+                max_idle_per_server: max_idle,
+                idle_timeout: positive_ms(&f("pool.idle_timeout_ms"), p.idle_timeout_ms, 4_000)?,
+                connect_timeout: positive_ms(
+                    &f("pool.connect_timeout_ms"),
+                    p.connect_timeout_ms,
+                    2_000,
+                )?,
+                response_timeout: positive_ms(
+                    &f("pool.response_timeout_ms"),
+                    p.response_timeout_ms,
+                    30_000,
+                )?,
+            };
+            if s.server.is_empty() {
+                return Err(field_err(
+                    f("server"),
+                    "at least one [[service.server]] is required",
+                ));
+            }
+            if s.server.len() > 64 {
+                return Err(field_err(f("server"), "at most 64 servers per service"));
+            }
+            let mut servers = Vec::with_capacity(s.server.len());
+            let mut addrs = HashSet::new();
+            for (j, r) in s.server.into_iter().enumerate() {
+                let g = |name: &str| format!("service[{i}].server[{j}].{name}");
+                let address = r
+                    .address
+                    .ok_or_else(|| field_err(g("address"), "is required (ip:port)"))?
+                    .parse::<SocketAddr>()
+                    .map_err(|e| {
+                        field_err(g("address"), format!("not an address ip:port ({e})"))
+                    })?;
+                if address.port() == 0 {
+                    return Err(field_err(g("address"), "port 0 is not a server port"));
+                }
+                if !addrs.insert(address) {
+                    return Err(field_err(
+                        g("address"),
+                        format!("{address} is listed twice"),
+                    ));
+                }
+                let weight = r.weight.unwrap_or(1);
+                if weight > 65_535 {
+                    return Err(field_err(g("weight"), "must be at most 65535"));
+                }
+                let low = r.low.unwrap_or(30);
+                let high = r.high.unwrap_or(60);
+                if high == 0 {
+                    return Err(field_err(g("high"), "must be greater than 0"));
+                }
+                if low > high {
+                    return Err(field_err(
+                        g("low"),
+                        format!("must not exceed high ({high})"),
+                    ));
+                }
+                servers.push(ServerConfig {
+                    address,
+                    weight,
+                    low,
+                    high,
+                });
+            }
+            let lblc_max_entries = s.lblc.max_entries.unwrap_or(1 << 20);
+            if lblc_max_entries == 0 {
+                return Err(field_err(f("lblc.max_entries"), "must be greater than 0"));
+            }
+            services.push(ServiceConfig {
+                name,
+                listen,
+                scheduler,
+                forwarding,
+                pool,
+                lblc_max_entries,
+                lblc_expire: Duration::from_secs(s.lblc.expire_s.unwrap_or(360).max(1)),
+                servers,
+            });
+        }
+        Ok(Config {
+            workers,
+            metrics,
+            log: g.log.unwrap_or_else(|| "info".to_string()),
+            shutdown_grace: ms(g.shutdown_grace_ms, 30_000),
+            splice_threshold: g.splice_threshold.unwrap_or(DEFAULT_SPLICE_THRESHOLD),
+            limits,
+            services,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [[service]]
+        name = "web"
+        listen = "127.0.0.1:8080"
+        scheduler = "wrr"
+        [[service.server]]
+        address = "127.0.0.1:9001"
+        weight = 4
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.services[0].servers[0].weight, 4);
+        assert_eq!(c.services[0].servers[0].low, 30);
+        assert_eq!(c.services[0].servers[0].high, 60);
+        assert_eq!(c.limits.max_header_bytes, 16384);
+        assert!(c.workers >= 1);
+    }
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(err(&GOOD.replace("weight = 4", "weight = 70000"))
+            .starts_with("service[0].server[0].weight:"));
+        assert!(err(&GOOD.replace("\"wrr\"", "\"nope\"")).starts_with("service[0].scheduler:"));
+        assert!(err(&GOOD.replace("127.0.0.1:9001", "nowhere"))
+            .starts_with("service[0].server[0].address:"));
+        assert!(
+            err(&GOOD.replace("weight = 4", "low = 80")).starts_with("service[0].server[0].low:")
+        );
+        assert!(err("[global]\nworkers = 5000\n").starts_with("global.workers:"));
+        assert!(err("").starts_with("service:"));
+        assert!(err(&format!("{GOOD}\n[limits]\nmax_header_bytes = 10\n"))
+            .starts_with("limits.max_header_bytes:"));
+        // unknown keys are refused too, with their name
+        assert!(err(&GOOD.replace("weight = 4", "wieght = 4")).contains("wieght"));
+    }
+}

@@ -1,0 +1,155 @@
+//! The client side of one connection: read a request head (check before
+//! parse, with limits and timeouts), hand it to [`crate::proxy::exchange`],
+//! repeat while the connection is kept alive. Pipelined requests simply
+//! wait in the read buffer; each is scheduled on its own and answered in
+//! order, because one exchange finishes before the next begins.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio_uring::net::TcpStream;
+use tracing::debug;
+
+use crate::http::request::{self, ForwardCtx};
+use crate::uring::read_append;
+use crate::worker::{ip_text, Worker};
+
+/// The three buffers of a client connection, taken from the worker's pool.
+pub struct Bufs {
+    /// Bytes from the client not yet consumed (the current head, maybe
+    /// body bytes and further pipelined requests).
+    pub cb: Vec<u8>,
+    /// Bytes from the real server.
+    pub sb: Vec<u8>,
+    /// The forwarded request head, then the response head for the client.
+    pub out: Vec<u8>,
+}
+
+pub async fn serve_client(w: Rc<Worker>, svc: usize, stream: TcpStream, peer: SocketAddr) {
+    w.active.set(w.active.get() + 1);
+    let client = Rc::new(stream);
+    let mut bufs = Bufs {
+        cb: w.take_buf(),
+        sb: w.take_buf(),
+        out: w.take_buf(),
+    };
+    client_loop(&w, svc, &client, peer, &mut bufs).await;
+    w.give_buf(bufs.cb);
+    w.give_buf(bufs.sb);
+    w.give_buf(bufs.out);
+    w.active.set(w.active.get() - 1);
+}
+
+async fn client_loop(
+    w: &Rc<Worker>,
+    svc: usize,
+    client: &Rc<TcpStream>,
+    peer: SocketAddr,
+    bufs: &mut Bufs,
+) {
+    let s = &w.services[svc];
+    let lim = &w.cfg.limits;
+    let mut ipbuf = [0u8; 48];
+    let peer_ip = ip_text(peer, &mut ipbuf);
+    let mut sd = w.shutdown.clone();
+    loop {
+        // 1. A whole request head.
+        let head = loop {
+            if !bufs.cb.is_empty() {
+                let ctx = ForwardCtx {
+                    fw: s.cfg.forwarding,
+                    peer_ip,
+                    default_host: &s.default_host,
+                };
+                match request::parse(&bufs.cb, lim.max_headers, &ctx, &mut bufs.out) {
+                    Ok(Some(h)) if h.head_len > lim.max_header_bytes => {
+                        reply_error(w, client, 431).await;
+                        return;
+                    }
+                    Ok(Some(h)) => break h,
+                    Ok(None) if bufs.cb.len() >= lim.max_header_bytes => {
+                        reply_error(w, client, 431).await;
+                        return;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        debug!(%peer, error = %e, "refusing request");
+                        reply_error(w, client, e.status()).await;
+                        return;
+                    }
+                }
+            }
+            let idle = bufs.cb.is_empty();
+            if idle && w.shutting_down() {
+                return;
+            }
+            let limit = if idle {
+                lim.client_idle_timeout
+            } else {
+                lim.client_header_timeout
+            };
+            let cb = std::mem::take(&mut bufs.cb);
+            let (res, cb) = if idle {
+                tokio::select! {
+                    biased;
+                    _ = sd.changed() => return,
+                    r = read_append(client, cb, 4096, Some(limit)) => r,
+                }
+            } else {
+                read_append(client, cb, 4096, Some(limit)).await
+            };
+            bufs.cb = cb;
+            match res {
+                Ok(0) => return, // closed (mid-head: nothing to answer)
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut && !idle => {
+                    reply_error(w, client, 408).await;
+                    return;
+                }
+                Err(_) => return,
+            }
+        };
+        // 2. Forward it and relay the answer.
+        if !crate::proxy::exchange(w, svc, client, bufs, &head).await || w.shutting_down() {
+            return;
+        }
+    }
+}
+
+/// A canned error response, then a lingering close: the write side is shut
+/// and unread input drained briefly, so the client is not sent a reset
+/// that could destroy the response before it reads it.
+pub async fn reply_error(w: &Worker, client: &TcpStream, status: u16) {
+    let (counter, body): (_, &'static [u8]) = match status {
+        400 => (&w.stats.bad_requests_total, b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad request\n"),
+        408 => (&w.stats.bad_requests_total, b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nrequest timeout\n"),
+        431 => (&w.stats.header_too_large_total, b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 32\r\nConnection: close\r\n\r\nrequest header fields too large\n"),
+        501 => (&w.stats.bad_requests_total, b"HTTP/1.1 501 Not Implemented\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nnot implemented\n"),
+        503 => (&w.stats.no_server_total, b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 20\r\nConnection: close\r\nRetry-After: 1\r\n\r\nno server available\n"),
+        504 => (&w.stats.bad_gateway_total, b"HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\ngateway timeout\n"),
+        _ => (&w.stats.bad_gateway_total, b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad gateway\n"),
+    };
+    counter.fetch_add(1, Relaxed);
+    if client.write_all(body).await.0.is_err() {
+        return;
+    }
+    lingering_close(client).await;
+}
+
+/// Shuts the write side and discards input for up to a second / 256 KiB.
+pub async fn lingering_close(client: &TcpStream) {
+    let _ = client.shutdown(std::net::Shutdown::Write);
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut total = 0;
+    while total < 256 * 1024 {
+        buf.clear();
+        let (r, b) = read_append(client, buf, 0, Some(Duration::from_secs(1))).await;
+        buf = b;
+        match r {
+            Ok(n) if n > 0 => total += n,
+            _ => break,
+        }
+    }
+}

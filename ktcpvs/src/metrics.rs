@@ -1,0 +1,126 @@
+//! Counters, one set per worker (written only by that worker, so the
+//! relaxed atomics never bounce between cores), summed when scraped, and
+//! served in the Prometheus text format on `global.metrics`.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::sched::ServerSet;
+
+macro_rules! counters {
+    ($($name:ident : $help:literal),* $(,)?) => {
+        /// Per-worker counters.
+        #[derive(Debug, Default)]
+        pub struct WorkerStats { $(pub $name: AtomicU64,)* }
+
+        impl WorkerStats {
+            fn render_into(all: &[Arc<WorkerStats>], out: &mut String) {
+                $(
+                    let v: u64 = all.iter().map(|s| s.$name.load(Relaxed)).sum();
+                    let _ = writeln!(out, "# HELP ktcpvs_{} {}", stringify!($name), $help);
+                    let kind = if stringify!($name).ends_with("_active") || stringify!($name).ends_with("_idle") { "gauge" } else { "counter" };
+                    let _ = writeln!(out, "# TYPE ktcpvs_{} {}", stringify!($name), kind);
+                    let _ = writeln!(out, "ktcpvs_{} {}", stringify!($name), v);
+                )*
+            }
+        }
+    };
+}
+
+counters! {
+    connections_accepted_total: "Client connections accepted.",
+    connections_active: "Client connections open now.",
+    requests_total: "Requests forwarded to a real server.",
+    responses_total: "Responses relayed completely to clients.",
+    bad_requests_total: "Requests refused with 400/501 (malformed or ambiguous).",
+    header_too_large_total: "Requests refused with 431.",
+    no_server_total: "Requests answered 503: no server available.",
+    bad_gateway_total: "Requests answered 502 or 504 (server failed before responding).",
+    server_connect_errors_total: "Failed connections to real servers.",
+    server_errors_total: "Real servers failing mid-response (client connection closed).",
+    client_errors_total: "Clients failing or leaving mid-exchange.",
+    retries_total: "Requests re-sent after a reused connection failed.",
+    pool_reused_total: "Requests sent on a pooled keep-alive connection.",
+    pool_new_total: "New connections opened to real servers.",
+    pool_stale_total: "Pooled connections found closed before reuse.",
+    pool_idle: "Idle pooled real-server connections.",
+    spliced_bytes_total: "Body bytes moved with splice(2).",
+    copied_bytes_total: "Body bytes moved through user-space buffers.",
+}
+
+/// What the metrics endpoint reads.
+pub struct Registry {
+    pub workers: Vec<Arc<WorkerStats>>,
+    pub services: Vec<(String, ServerSet, Arc<crate::sched::lblc::LocalityTable>)>,
+}
+
+impl Registry {
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        WorkerStats::render_into(&self.workers, &mut out);
+        out.push_str("# HELP ktcpvs_server_inflight In-flight work per real server, in connection units.\n# TYPE ktcpvs_server_inflight gauge\n");
+        for (name, servers, _) in &self.services {
+            for s in servers.iter() {
+                let _ = writeln!(
+                    out,
+                    "ktcpvs_server_inflight{{service=\"{name}\",server=\"{}\"}} {}",
+                    s.addr,
+                    s.conns()
+                );
+            }
+        }
+        out.push_str("# HELP ktcpvs_server_up Whether a real server is schedulable.\n# TYPE ktcpvs_server_up gauge\n");
+        for (name, servers, _) in &self.services {
+            for s in servers.iter() {
+                let _ = writeln!(
+                    out,
+                    "ktcpvs_server_up{{service=\"{name}\",server=\"{}\"}} {}",
+                    s.addr,
+                    u8::from(s.available())
+                );
+            }
+        }
+        out.push_str("# HELP ktcpvs_locality_entries Entries of the lblc locality table.\n# TYPE ktcpvs_locality_entries gauge\n");
+        for (name, _, t) in &self.services {
+            let _ = writeln!(
+                out,
+                "ktcpvs_locality_entries{{service=\"{name}\"}} {}",
+                t.len()
+            );
+        }
+        out
+    }
+}
+
+/// Serves `GET /metrics` on a plain thread of its own (never on an event
+/// loop). Stops when `stop` is set.
+pub fn serve(
+    addr: SocketAddr,
+    reg: Arc<Registry>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let l = TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    Ok(std::thread::Builder::new().name("ktcpvs-metrics".into()).spawn(move || {
+        while !stop.load(Relaxed) {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+                    let mut req = [0u8; 1024];
+                    let n = s.read(&mut req).unwrap_or(0);
+                    let ok = req[..n].starts_with(b"GET /metrics");
+                    let body = if ok { reg.render() } else { "not found; try /metrics\n".to_string() };
+                    let status = if ok { "200 OK" } else { "404 Not Found" };
+                    let _ = write!(s, "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    })?)
+}

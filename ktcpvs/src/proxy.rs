@@ -1,0 +1,530 @@
+//! One request/response exchange (thesis §6.4, §6.5): schedule the request
+//! on a real server, take a pooled keep-alive connection (or open one),
+//! send the rewritten head, stream the body both ways — spliced when
+//! large, copied when small — and give the server connection back to the
+//! pool when the exchange left it clean.
+
+use std::io;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio_uring::net::TcpStream;
+use tracing::{debug, warn};
+
+use crate::conn::{reply_error, Bufs};
+use crate::http::chunked::ChunkedScanner;
+use crate::http::request::RequestHead;
+use crate::http::response::{self, ClientView};
+use crate::http::Body;
+use crate::sched::{target_hash, Exclude, Request, Server};
+use crate::uring::{read_append, splice_in, splice_out, write_range};
+use crate::worker::{ServiceRt, Worker};
+
+/// How an exchange failed; decides retry, error reply and what to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fail {
+    /// The server connection failed before any byte of a response arrived.
+    BeforeResponse,
+    /// The server answered garbage or broke off after responding began.
+    Server,
+    /// The server did not answer in time; nothing was sent to the client.
+    Timeout,
+    /// The server's response head was malformed; nothing was sent to the client.
+    BadResponse,
+    /// The client went away or sent a broken body.
+    Client,
+}
+
+struct Done {
+    server_reusable: bool,
+    keep_client: bool,
+}
+
+/// Counts a request's cost on its server while the exchange runs.
+struct LoadGuard<'a>(&'a Server, u32);
+
+impl<'a> LoadGuard<'a> {
+    fn new(s: &'a Server, cost: u32) -> Self {
+        s.conns.fetch_add(cost, Relaxed);
+        LoadGuard(s, cost)
+    }
+}
+
+impl Drop for LoadGuard<'_> {
+    fn drop(&mut self) {
+        self.0.conns.fetch_sub(self.1, Relaxed);
+    }
+}
+
+/// Forwards the request whose head is parsed at the start of `bufs.cb`
+/// (its rewritten form is in `bufs.out`) and relays the response. On return
+/// the request (head and body) has been consumed from `bufs.cb`. Returns
+/// whether the client connection stays open.
+pub async fn exchange(
+    w: &Rc<Worker>,
+    svc: usize,
+    client: &Rc<TcpStream>,
+    bufs: &mut Bufs,
+    head: &RequestHead,
+) -> bool {
+    let s = &w.services[svc];
+    let hash = target_hash(&bufs.cb[head.target.0..head.target.1]);
+    let view = ClientView {
+        http10: head.http10,
+        keep_alive: head.keep_alive && !w.shutting_down(),
+        head_request: head.method == crate::http::request::Method::Head,
+        via: s.cfg.forwarding.via,
+    };
+    let retryable = head.body == Body::None && head.method.idempotent();
+    let mut exclude = Exclude(0);
+    let mut force_fresh = false;
+    let mut retried = false;
+    loop {
+        let picked = {
+            let req = Request {
+                target: &bufs.cb[head.target.0..head.target.1],
+                target_hash: hash,
+            };
+            s.sched.borrow_mut().pick(&s.servers, &req, exclude)
+        };
+        let Some(i) = picked else {
+            let status = if exclude.0 == 0 { 503 } else { 502 };
+            reply_error(w, client, status).await;
+            return false;
+        };
+        let server = &s.servers[i];
+        let pooled = if force_fresh {
+            None
+        } else {
+            let (c, stale) = s.pool.borrow_mut().get(i);
+            w.stats.pool_stale_total.fetch_add(stale, Relaxed);
+            c
+        };
+        let reused = pooled.is_some();
+        let conn = match pooled {
+            Some(c) => {
+                w.stats.pool_reused_total.fetch_add(1, Relaxed);
+                c
+            }
+            None => match connect(server.addr, s.cfg.pool.connect_timeout).await {
+                Ok(c) => {
+                    w.stats.pool_new_total.fetch_add(1, Relaxed);
+                    Rc::new(c)
+                }
+                Err(e) => {
+                    w.stats.server_connect_errors_total.fetch_add(1, Relaxed);
+                    warn!(server = %server.addr, error = %e, "cannot connect to real server");
+                    exclude.add(i);
+                    force_fresh = false;
+                    continue;
+                }
+            },
+        };
+        force_fresh = false;
+        let _load = LoadGuard::new(server, head.cost());
+        w.stats.requests_total.fetch_add(1, Relaxed);
+        match forward(w, s, client, &conn, bufs, head, view).await {
+            Ok(done) => {
+                w.stats.responses_total.fetch_add(1, Relaxed);
+                if head.body == Body::None {
+                    bufs.cb.drain(..head.head_len);
+                }
+                if done.server_reusable && !w.shutting_down() {
+                    s.pool.borrow_mut().put(i, conn);
+                }
+                return done.keep_client;
+            }
+            Err(Fail::BeforeResponse) if retryable && !retried => {
+                // A reused connection the server had closed: once more on a
+                // fresh one to the same server. A fresh one that failed: the
+                // server is in trouble, try another.
+                retried = true;
+                w.stats.retries_total.fetch_add(1, Relaxed);
+                debug!(server = %server.addr, reused, "retrying request");
+                if reused {
+                    force_fresh = true;
+                } else {
+                    exclude.add(i);
+                }
+                continue;
+            }
+            Err(f) => {
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+                match f {
+                    Fail::Client => {
+                        w.stats.client_errors_total.fetch_add(1, Relaxed);
+                        let _ = client.shutdown(std::net::Shutdown::Both);
+                    }
+                    Fail::BeforeResponse | Fail::BadResponse => reply_error(w, client, 502).await,
+                    Fail::Timeout => reply_error(w, client, 504).await,
+                    Fail::Server => {
+                        // The client may already have part of the response:
+                        // closing is the only honest signal left.
+                        w.stats.server_errors_total.fetch_add(1, Relaxed);
+                        let _ = client.shutdown(std::net::Shutdown::Both);
+                    }
+                }
+                return false;
+            }
+        }
+    }
+}
+
+async fn connect(addr: std::net::SocketAddr, limit: Duration) -> io::Result<TcpStream> {
+    let c = tokio::time::timeout(limit, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    c.set_nodelay(true)?;
+    Ok(c)
+}
+
+/// Sends the request and relays the response on one server connection.
+async fn forward(
+    w: &Rc<Worker>,
+    s: &ServiceRt,
+    client: &Rc<TcpStream>,
+    server: &Rc<TcpStream>,
+    bufs: &mut Bufs,
+    head: &RequestHead,
+    view: ClientView,
+) -> Result<Done, Fail> {
+    let out = std::mem::take(&mut bufs.out);
+    let n = out.len();
+    let (r, out) = write_range(server, out, 0, n).await;
+    bufs.out = out;
+    r.map_err(|_| Fail::BeforeResponse)?;
+    if head.body == Body::None {
+        // The head stays in `bufs.cb` until the exchange is over: a retry
+        // needs its target again.
+        return download(w, s, client, server, &mut bufs.sb, &mut bufs.out, view).await;
+    }
+    // A body: upload and download run together, so a server may answer
+    // early (or send 100 Continue) while the client still sends.
+    let cb = std::mem::take(&mut bufs.cb);
+    let up = upload(w, client, server, cb, head.head_len, head.body);
+    let down = download(w, s, client, server, &mut bufs.sb, &mut bufs.out, view);
+    tokio::pin!(up, down);
+    let mut up_res: Option<(Result<(), Fail>, Vec<u8>)> = None;
+    let mut down_res: Option<Result<Done, Fail>> = None;
+    loop {
+        tokio::select! {
+            r = &mut up, if up_res.is_none() => up_res = Some(r),
+            r = &mut down, if down_res.is_none() => down_res = Some(r),
+        }
+        match (&up_res, &down_res) {
+            (Some((Err(f), _)), _) => return Err(*f),
+            (_, Some(Err(f))) => return Err(*f),
+            (Some(_), Some(_)) => break,
+            (None, Some(Ok(_))) => {
+                // Answered before the body was all sent: the rest of the body
+                // cannot be told from a next request without reading it all,
+                // so both connections end here.
+                let _ = client.shutdown(std::net::Shutdown::Read);
+                return Ok(Done {
+                    server_reusable: false,
+                    keep_client: false,
+                });
+            }
+            _ => {}
+        }
+    }
+    let (Some((_, cb)), Some(done)) = (up_res, down_res) else {
+        unreachable!("both halves finished")
+    };
+    bufs.cb = cb;
+    done
+}
+
+/// Sends the request body to the server; returns the client buffer with
+/// the bytes that follow the body (the next pipelined requests).
+async fn upload(
+    w: &Rc<Worker>,
+    client: &Rc<TcpStream>,
+    server: &Rc<TcpStream>,
+    mut cb: Vec<u8>,
+    head_len: usize,
+    body: Body,
+) -> (Result<(), Fail>, Vec<u8>) {
+    let timeout = Some(w.cfg.limits.client_body_timeout);
+    match body {
+        Body::Length(n) => {
+            let avail = ((cb.len() - head_len) as u64).min(n) as usize;
+            let (r, b) = write_range(server, cb, head_len, head_len + avail).await;
+            cb = b;
+            if r.is_err() {
+                return (Err(Fail::Server), cb);
+            }
+            cb.drain(..head_len + avail);
+            let mut rem = n - avail as u64;
+            if rem >= w.cfg.splice_threshold {
+                let r =
+                    splice_exact(w, client, server, rem, timeout, Fail::Client, Fail::Server).await;
+                return (r.map(|_| ()), cb);
+            }
+            while rem > 0 {
+                let (r, b) = read_append(client, cb, 4096, timeout).await;
+                cb = b;
+                match r {
+                    Ok(0) | Err(_) => return (Err(Fail::Client), cb),
+                    Ok(_) => {}
+                }
+                let k = (cb.len() as u64).min(rem) as usize;
+                let (r, b) = write_range(server, cb, 0, k).await;
+                cb = b;
+                if r.is_err() {
+                    return (Err(Fail::Server), cb);
+                }
+                w.stats.copied_bytes_total.fetch_add(k as u64, Relaxed);
+                cb.drain(..k);
+                rem -= k as u64;
+            }
+            (Ok(()), cb)
+        }
+        Body::Chunked => {
+            let mut sc = ChunkedScanner::new();
+            let mut start = head_len;
+            loop {
+                let c = match sc.feed(&cb[start..], |_| {}) {
+                    Ok(c) => c,
+                    Err(_) => return (Err(Fail::Client), cb),
+                };
+                let (r, b) = write_range(server, cb, start, start + c).await;
+                cb = b;
+                if r.is_err() {
+                    return (Err(Fail::Server), cb);
+                }
+                cb.drain(..start + c);
+                start = 0;
+                if sc.is_done() {
+                    return (Ok(()), cb);
+                }
+                let (r, b) = read_append(client, cb, 4096, timeout).await;
+                cb = b;
+                match r {
+                    Ok(0) | Err(_) => return (Err(Fail::Client), cb),
+                    Ok(_) => {}
+                }
+            }
+        }
+        Body::None | Body::Close => {
+            cb.drain(..head_len);
+            (Ok(()), cb)
+        }
+    }
+}
+
+/// Reads the response head (forwarding interim 1xx heads), then relays the
+/// body as its framing says.
+async fn download(
+    w: &Rc<Worker>,
+    s: &ServiceRt,
+    client: &Rc<TcpStream>,
+    server: &Rc<TcpStream>,
+    sb: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    view: ClientView,
+) -> Result<Done, Fail> {
+    let rto = Some(s.cfg.pool.response_timeout);
+    sb.clear();
+    let mut started = false;
+    let rh = loop {
+        if !sb.is_empty() {
+            match response::parse(sb, view, out) {
+                Ok(Some(rh)) if rh.interim => {
+                    started = true;
+                    sb.drain(..rh.head_len);
+                    if !view.http10 {
+                        write_all(client, out).await.map_err(|_| Fail::Client)?;
+                    }
+                    continue;
+                }
+                Ok(Some(rh)) => break rh,
+                Ok(None) if sb.len() > 64 * 1024 => {
+                    return Err(if started {
+                        Fail::Server
+                    } else {
+                        Fail::BadResponse
+                    })
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(error = %e, "bad response from real server");
+                    return Err(if started {
+                        Fail::Server
+                    } else {
+                        Fail::BadResponse
+                    });
+                }
+            }
+        }
+        let (r, b) = read_append(server, std::mem::take(sb), 4096, rto).await;
+        *sb = b;
+        match r {
+            Ok(n) if n > 0 => {}
+            Ok(_) if sb.is_empty() && !started => return Err(Fail::BeforeResponse),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                return Err(if started { Fail::Server } else { Fail::Timeout });
+            }
+            Err(_) if sb.is_empty() && !started => return Err(Fail::BeforeResponse),
+            _ => return Err(Fail::Server),
+        }
+    };
+    // From here on the client receives bytes; no retry is possible.
+    let hl = rh.head_len;
+    let avail = sb.len() - hl;
+    let mut clean = rh.server_reusable;
+    match rh.body {
+        Body::None => {
+            clean &= avail == 0;
+            write_all(client, out).await.map_err(|_| Fail::Client)?;
+        }
+        Body::Length(n) => {
+            let take = (avail as u64).min(n) as usize;
+            out.extend_from_slice(&sb[hl..hl + take]);
+            clean &= avail == take;
+            write_all(client, out).await.map_err(|_| Fail::Client)?;
+            let rem = n - take as u64;
+            if rem >= w.cfg.splice_threshold {
+                splice_exact(w, server, client, rem, rto, Fail::Server, Fail::Client).await?;
+            } else if rem > 0 {
+                clean &= copy_exact(w, server, client, sb, rem, rto).await?;
+            }
+        }
+        Body::Chunked => {
+            let mut sc = ChunkedScanner::new();
+            let mut from = hl;
+            loop {
+                let c = if rh.dechunk {
+                    let data = &sb[from..];
+                    sc.feed(data, |r| out.extend_from_slice(&data[r]))
+                } else {
+                    sc.feed(&sb[from..], |_| {})
+                        .inspect(|&c| out.extend_from_slice(&sb[from..from + c]))
+                }
+                .map_err(|_| Fail::Server)?;
+                clean &= from + c == sb.len();
+                write_all(client, out).await.map_err(|_| Fail::Client)?;
+                if sc.is_done() {
+                    break;
+                }
+                out.clear();
+                sb.clear();
+                from = 0;
+                let (r, b) = read_append(server, std::mem::take(sb), 0, rto).await;
+                *sb = b;
+                match r {
+                    Ok(n) if n > 0 => {}
+                    _ => return Err(Fail::Server),
+                }
+            }
+        }
+        Body::Close => {
+            out.extend_from_slice(&sb[hl..]);
+            write_all(client, out).await.map_err(|_| Fail::Client)?;
+            loop {
+                sb.clear();
+                let (r, b) = read_append(server, std::mem::take(sb), 0, rto).await;
+                *sb = b;
+                match r {
+                    Ok(0) => break,
+                    Ok(_) => write_all(client, sb).await.map_err(|_| Fail::Client)?,
+                    Err(_) => return Err(Fail::Server),
+                }
+            }
+            clean = false;
+        }
+    }
+    Ok(Done {
+        server_reusable: clean,
+        keep_client: !rh.close_client,
+    })
+}
+
+/// Writes all of `buf` (which is given back in place).
+async fn write_all(sock: &TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+    let b = std::mem::take(buf);
+    let n = b.len();
+    let (r, b) = write_range(sock, b, 0, n).await;
+    *buf = b;
+    r
+}
+
+/// Copies exactly `n` bytes from `from` to `to` through `buf`. Returns
+/// whether the source sent nothing beyond them.
+async fn copy_exact(
+    w: &Worker,
+    from: &TcpStream,
+    to: &TcpStream,
+    buf: &mut Vec<u8>,
+    mut n: u64,
+    limit: Option<Duration>,
+) -> Result<bool, Fail> {
+    let mut clean = true;
+    while n > 0 {
+        buf.clear();
+        let (r, b) = read_append(from, std::mem::take(buf), 0, limit).await;
+        *buf = b;
+        match r {
+            Ok(got) if got > 0 => {}
+            _ => return Err(Fail::Server),
+        }
+        let k = (buf.len() as u64).min(n) as usize;
+        clean &= k == buf.len();
+        buf.truncate(k);
+        write_all(to, buf).await.map_err(|_| Fail::Client)?;
+        w.stats.copied_bytes_total.fetch_add(k as u64, Relaxed);
+        n -= k as u64;
+    }
+    Ok(clean)
+}
+
+/// Moves exactly `n` bytes from `from` to `to` with splice(2) through a
+/// pooled pipe: the payload never enters user space. Falls back to copying
+/// if no pipe can be had.
+async fn splice_exact(
+    w: &Worker,
+    from: &Rc<TcpStream>,
+    to: &Rc<TcpStream>,
+    mut n: u64,
+    limit: Option<Duration>,
+    from_fail: Fail,
+    to_fail: Fail,
+) -> Result<(), Fail> {
+    let Some(pipe) = w.take_pipe() else {
+        let mut buf = Vec::with_capacity(crate::worker::BUF_SIZE);
+        return copy_exact(w, from, to, &mut buf, n, limit)
+            .await
+            .map(|_| ());
+    };
+    let total = n;
+    while n > 0 {
+        let want = n.min(pipe.cap as u64) as u32;
+        let got = match limit {
+            Some(d) => tokio::time::timeout(d, splice_in(from, &pipe, want))
+                .await
+                .unwrap_or(Err(io::ErrorKind::TimedOut.into())),
+            None => splice_in(from, &pipe, want).await,
+        };
+        let mut got = match got {
+            Ok(0) | Err(_) => {
+                let _ = from.shutdown(std::net::Shutdown::Both);
+                return Err(from_fail);
+            }
+            Ok(g) => g,
+        };
+        n -= got as u64;
+        while got > 0 {
+            match splice_out(&pipe, to, got as u32).await {
+                Ok(0) | Err(_) => {
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                    return Err(to_fail);
+                }
+                Ok(put) => got -= put,
+            }
+        }
+    }
+    w.stats.spliced_bytes_total.fetch_add(total, Relaxed);
+    w.give_pipe(pipe);
+    Ok(())
+}

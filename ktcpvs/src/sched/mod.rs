@@ -1,0 +1,174 @@
+//! Schedulers (thesis §4.1, §6.3): one trait, one file per algorithm.
+//!
+//! Each worker owns its own scheduler instance (round-robin positions are
+//! per worker, so workers never contend on them); what must be global — the
+//! servers' in-flight counts and the lblc locality table — lives in
+//! [`ServerSet`] and [`lblc::LocalityTable`], read without a global lock.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::sync::Arc;
+
+pub mod lblc;
+pub mod lc;
+pub mod rr;
+pub mod wlc;
+pub mod wrr;
+
+/// One real server as every worker sees it.
+#[derive(Debug)]
+pub struct Server {
+    pub addr: SocketAddr,
+    /// Scheduling weight; 0 drains the server (never chosen for new requests).
+    pub weight: AtomicU32,
+    pub low: AtomicU32,
+    pub high: AtomicU32,
+    /// In-flight work in connection units (a dynamic request counts 2).
+    pub conns: AtomicU32,
+    /// False while the server is considered down.
+    pub up: AtomicBool,
+}
+
+impl Server {
+    pub fn new(addr: SocketAddr, weight: u32, low: u32, high: u32) -> Server {
+        Server {
+            addr,
+            weight: AtomicU32::new(weight),
+            low: AtomicU32::new(low),
+            high: AtomicU32::new(high),
+            conns: AtomicU32::new(0),
+            up: AtomicBool::new(true),
+        }
+    }
+    #[inline]
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Relaxed)
+    }
+    #[inline]
+    pub fn conns(&self) -> u32 {
+        self.conns.load(Relaxed)
+    }
+    /// Schedulable: up and weight > 0.
+    #[inline]
+    pub fn available(&self) -> bool {
+        self.up.load(Relaxed) && self.weight() > 0
+    }
+}
+
+/// The servers of one virtual service, shared by all workers.
+pub type ServerSet = Arc<[Server]>;
+
+/// A bit per server index (services have at most 64 servers): the servers
+/// already tried for this request, which a retry must avoid.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Exclude(pub u64);
+
+impl Exclude {
+    #[inline]
+    pub fn has(self, i: usize) -> bool {
+        self.0 & (1u64 << i) != 0
+    }
+    #[inline]
+    pub fn add(&mut self, i: usize) {
+        self.0 |= 1u64 << i;
+    }
+}
+
+/// What a scheduler may look at for one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The request target (§6.3.5): the path without the query string.
+    pub target: &'a [u8],
+    /// Hash of `target`, computed once per request.
+    pub target_hash: u64,
+}
+
+/// A scheduling algorithm. `pick` returns an index into the service's
+/// [`ServerSet`], never an excluded or unavailable server, or `None` when no
+/// server can take the request.
+pub trait Scheduler {
+    fn pick(&mut self, servers: &[Server], req: &Request<'_>, exclude: Exclude) -> Option<usize>;
+}
+
+/// The configured algorithm of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedulerKind {
+    Rr,
+    Wrr,
+    Lc,
+    Wlc,
+    Lblc,
+}
+
+impl SchedulerKind {
+    pub const NAMES: &'static str = "rr, wrr, lc, wlc, lblc";
+
+    pub fn parse(s: &str) -> Option<SchedulerKind> {
+        Some(match s {
+            "rr" => SchedulerKind::Rr,
+            "wrr" => SchedulerKind::Wrr,
+            "lc" => SchedulerKind::Lc,
+            "wlc" => SchedulerKind::Wlc,
+            "lblc" => SchedulerKind::Lblc,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SchedulerKind::Rr => "rr",
+            SchedulerKind::Wrr => "wrr",
+            SchedulerKind::Lc => "lc",
+            SchedulerKind::Wlc => "wlc",
+            SchedulerKind::Lblc => "lblc",
+        }
+    }
+
+    /// A per-worker instance; `table` is the service's shared locality table
+    /// (used by lblc only).
+    pub fn build(self, table: &Arc<lblc::LocalityTable>) -> Box<dyn Scheduler> {
+        match self {
+            SchedulerKind::Rr => Box::new(rr::RoundRobin::default()),
+            SchedulerKind::Wrr => Box::new(wrr::WeightedRoundRobin::default()),
+            SchedulerKind::Lc => Box::new(lc::LeastConnection),
+            SchedulerKind::Wlc => Box::new(wlc::WeightedLeastConnection),
+            SchedulerKind::Lblc => Box::new(lblc::Lblc::new(table.clone())),
+        }
+    }
+}
+
+/// FNV-1a, 64 bit: the target hash used for locality tables. Short targets
+/// dominate, for which FNV beats SipHash by several times.
+#[inline]
+pub fn target_hash(target: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in target {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+pub(crate) fn test_servers(weights: &[u32]) -> Vec<Server> {
+    weights
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| {
+            Server::new(
+                SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+                w,
+                30,
+                60,
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) fn req(target: &[u8]) -> Request<'_> {
+    Request {
+        target,
+        target_hash: target_hash(target),
+    }
+}

@@ -1,0 +1,168 @@
+//! What tokio-uring lacks, added through its public API: a splice(2)
+//! operation (built as an `UnsubmittedOneshot` around `opcode::Splice`),
+//! per-worker pipes for it, a liveness probe for pooled sockets, and a read
+//! helper that appends to a `Vec` with an optional deadline.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use io_uring::{cqueue, opcode, types};
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
+
+/// A pipe used as the kernel-side buffer of splice(2).
+#[derive(Debug)]
+pub struct Pipe {
+    pub r: RawFd,
+    pub w: RawFd,
+    /// Capacity in bytes (after F_SETPIPE_SZ).
+    pub cap: u32,
+}
+
+impl Pipe {
+    pub fn new(want: u32) -> io::Result<Pipe> {
+        let mut fds = [0; 2];
+        // SAFETY: fds is a valid two-int array.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let p = Pipe {
+            r: fds[0],
+            w: fds[1],
+            cap: 65536,
+        };
+        // SAFETY: plain fcntl on a descriptor we own.
+        let got = unsafe { libc::fcntl(p.w, libc::F_SETPIPE_SZ, want as libc::c_int) };
+        let cap = if got > 0 { got as u32 } else { 65536 };
+        Ok(Pipe { cap, ..p })
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        // SAFETY: we own both descriptors.
+        unsafe {
+            libc::close(self.r);
+            libc::close(self.w);
+        }
+    }
+}
+
+/// Keeps both ends of a splice alive until the kernel is done with them,
+/// even if the future is dropped (tokio-uring holds this until completion).
+pub struct SpliceKeep {
+    _sock: Rc<TcpStream>,
+    _pipe: Rc<Pipe>,
+}
+
+pub struct SpliceTransform;
+
+impl OneshotOutputTransform for SpliceTransform {
+    type Output = io::Result<usize>;
+    type StoredData = SpliceKeep;
+
+    fn transform_oneshot_output(self, _data: SpliceKeep, cqe: cqueue::Entry) -> io::Result<usize> {
+        let r = cqe.result();
+        if r >= 0 {
+            Ok(r as usize)
+        } else {
+            Err(io::Error::from_raw_os_error(-r))
+        }
+    }
+}
+
+fn splice_op(
+    sock: &Rc<TcpStream>,
+    pipe: &Rc<Pipe>,
+    fd_in: RawFd,
+    fd_out: RawFd,
+    len: u32,
+) -> UnsubmittedOneshot<SpliceKeep, SpliceTransform> {
+    let sqe = opcode::Splice::new(types::Fd(fd_in), -1, types::Fd(fd_out), -1, len)
+        .flags(libc::SPLICE_F_MOVE)
+        .build();
+    UnsubmittedOneshot::new(
+        SpliceKeep {
+            _sock: sock.clone(),
+            _pipe: pipe.clone(),
+        },
+        SpliceTransform,
+        sqe,
+    )
+}
+
+/// Moves up to `len` bytes from `sock` into `pipe`. `Ok(0)`: end of stream.
+pub async fn splice_in(sock: &Rc<TcpStream>, pipe: &Rc<Pipe>, len: u32) -> io::Result<usize> {
+    splice_op(sock, pipe, sock.as_raw_fd(), pipe.w, len)
+        .submit()
+        .await
+}
+
+/// Moves up to `len` bytes from `pipe` to `sock`.
+pub async fn splice_out(pipe: &Rc<Pipe>, sock: &Rc<TcpStream>, len: u32) -> io::Result<usize> {
+    splice_op(sock, pipe, pipe.r, sock.as_raw_fd(), len)
+        .submit()
+        .await
+}
+
+/// True if a pooled, idle connection still looks usable: nothing to read
+/// and not closed by the peer (non-blocking MSG_PEEK).
+pub fn idle_socket_alive(fd: RawFd) -> bool {
+    let mut b = [0u8; 1];
+    // SAFETY: recv into a valid one-byte buffer.
+    let r = unsafe {
+        libc::recv(
+            fd,
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+}
+
+/// Reads once, appending to `buf` (growing it by at least `min_room`
+/// spare bytes first). On timeout the buffer is lost with the cancelled
+/// operation and an empty one is returned with `TimedOut`.
+pub async fn read_append(
+    sock: &TcpStream,
+    mut buf: Vec<u8>,
+    min_room: usize,
+    deadline: Option<Duration>,
+) -> (io::Result<usize>, Vec<u8>) {
+    if buf.capacity() - buf.len() < min_room {
+        buf.reserve(min_room);
+    }
+    let len = buf.len();
+    let fut = sock.read(buf.slice(len..));
+    let (res, slice) = match deadline {
+        None => fut.await,
+        Some(d) => match tokio::time::timeout(d, fut).await {
+            Ok(r) => r,
+            Err(_) => {
+                return (
+                    Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out")),
+                    Vec::new(),
+                )
+            }
+        },
+    };
+    (res, slice.into_inner())
+}
+
+/// Writes `buf[from..to]` entirely; gives the buffer back.
+pub async fn write_range(
+    sock: &TcpStream,
+    buf: Vec<u8>,
+    from: usize,
+    to: usize,
+) -> (io::Result<()>, Vec<u8>) {
+    if from == to {
+        return (Ok(()), buf);
+    }
+    let (res, slice) = sock.write_all(buf.slice(from..to)).await;
+    (res, slice.into_inner())
+}
