@@ -454,7 +454,7 @@ async fn write_all(sock: &TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
 /// whether the source sent nothing beyond them.
 async fn copy_exact(
     w: &Worker,
-    from: &TcpStream,
+    from: &Rc<TcpStream>,
     to: &TcpStream,
     buf: &mut Vec<u8>,
     mut n: u64,
