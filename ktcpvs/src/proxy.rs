@@ -507,7 +507,12 @@ async fn splice_exact(
             None => splice_in(from, &pipe, want).await,
         };
         let mut got = match got {
-            Ok(0) | Err(_) => {
+            Err(e) => {
+                warn!(error = %e, "splice in failed");
+                let _ = from.shutdown(std::net::Shutdown::Both);
+                return Err(from_fail);
+            }
+            Ok(0) => {
                 let _ = from.shutdown(std::net::Shutdown::Both);
                 return Err(from_fail);
             }

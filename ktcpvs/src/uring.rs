@@ -29,15 +29,19 @@ impl Pipe {
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        let p = Pipe {
+        let mut p = Pipe {
             r: fds[0],
             w: fds[1],
             cap: 65536,
         };
         // SAFETY: plain fcntl on a descriptor we own.
         let got = unsafe { libc::fcntl(p.w, libc::F_SETPIPE_SZ, want as libc::c_int) };
-        let cap = if got > 0 { got as u32 } else { 65536 };
-        Ok(Pipe { cap, ..p })
+        // (Not `Pipe { cap, ..p }`: that would copy the descriptors and
+        // drop — close — `p`.)
+        if got > 0 {
+            p.cap = got as u32;
+        }
+        Ok(p)
     }
 }
 
@@ -229,4 +233,33 @@ pub async fn write_range(
     }
     let (res, slice) = sock.write_all(buf.slice(from..to)).await;
     (res, slice.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipe_is_open_and_sized() {
+        let p = Pipe::new(256 * 1024).unwrap();
+        assert!(p.cap >= 65536);
+        let msg = b"through the pipe";
+        // SAFETY: valid descriptors and buffers.
+        let (w, r) = unsafe {
+            let w = libc::write(p.w, msg.as_ptr().cast(), msg.len());
+            let mut buf = [0u8; 32];
+            let r = libc::read(p.r, buf.as_mut_ptr().cast(), buf.len());
+            assert_eq!(&buf[..msg.len()], msg);
+            (w, r)
+        };
+        assert_eq!((w, r), (msg.len() as isize, msg.len() as isize));
+    }
+
+    #[test]
+    fn ioprio_lands_at_offset_2() {
+        let e = with_ioprio(opcode::Nop::new().build(), 0xABCD);
+        // SAFETY: see with_ioprio.
+        let raw: [u8; 64] = unsafe { std::mem::transmute(e) };
+        assert_eq!(u16::from_ne_bytes([raw[2], raw[3]]), 0xABCD);
+    }
 }
