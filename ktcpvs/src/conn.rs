@@ -132,8 +132,9 @@ pub async fn reply_error(w: &Worker, client: &Rc<TcpStream>, status: u16) {
         _ => (&w.stats.bad_gateway_total, b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad gateway\n"),
     };
     counter.fetch_add(1, Relaxed);
-    if client.write_all(body).await.0.is_err() {
-        return;
+    match tokio::time::timeout(Duration::from_secs(5), client.write_all(body)).await {
+        Ok((Ok(()), _)) => {}
+        _ => return,
     }
     lingering_close(client).await;
 }

@@ -21,6 +21,9 @@ use crate::sched::{target_hash, Exclude, Request, Server};
 use crate::uring::{read_append, splice_in, splice_out, write_range};
 use crate::worker::{ServiceRt, Worker};
 
+/// Longest wait for a real server to take request bytes.
+const SERVER_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How an exchange failed; decides retry, error reply and what to close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fail {
@@ -191,7 +194,7 @@ async fn forward(
 ) -> Result<Done, Fail> {
     let out = std::mem::take(&mut bufs.out);
     let n = out.len();
-    let (r, out) = write_range(server, out, 0, n).await;
+    let (r, out) = write_range(server, out, 0, n, s.cfg.pool.response_timeout).await;
     bufs.out = out;
     r.map_err(|_| Fail::BeforeResponse)?;
     if head.body == Body::None {
@@ -250,7 +253,8 @@ async fn upload(
     match body {
         Body::Length(n) => {
             let avail = ((cb.len() - head_len) as u64).min(n) as usize;
-            let (r, b) = write_range(server, cb, head_len, head_len + avail).await;
+            let (r, b) =
+                write_range(server, cb, head_len, head_len + avail, SERVER_SEND_TIMEOUT).await;
             cb = b;
             if r.is_err() {
                 return (Err(Fail::Server), cb);
@@ -270,7 +274,7 @@ async fn upload(
                     Ok(_) => {}
                 }
                 let k = (cb.len() as u64).min(rem) as usize;
-                let (r, b) = write_range(server, cb, 0, k).await;
+                let (r, b) = write_range(server, cb, 0, k, SERVER_SEND_TIMEOUT).await;
                 cb = b;
                 if r.is_err() {
                     return (Err(Fail::Server), cb);
@@ -289,7 +293,7 @@ async fn upload(
                     Ok(c) => c,
                     Err(_) => return (Err(Fail::Client), cb),
                 };
-                let (r, b) = write_range(server, cb, start, start + c).await;
+                let (r, b) = write_range(server, cb, start, start + c, SERVER_SEND_TIMEOUT).await;
                 cb = b;
                 if r.is_err() {
                     return (Err(Fail::Server), cb);
@@ -326,6 +330,8 @@ async fn download(
     view: ClientView,
 ) -> Result<Done, Fail> {
     let rto = Some(s.cfg.pool.response_timeout);
+    // A client that stops reading is given up after its idle timeout.
+    let ct = w.cfg.limits.client_idle_timeout;
     sb.clear();
     let mut started = false;
     let rh = loop {
@@ -335,7 +341,7 @@ async fn download(
                     started = true;
                     sb.drain(..rh.head_len);
                     if !view.http10 {
-                        write_all(client, out).await.map_err(|_| Fail::Client)?;
+                        write_all(client, out, ct).await.map_err(|_| Fail::Client)?;
                     }
                     continue;
                 }
@@ -377,13 +383,13 @@ async fn download(
     match rh.body {
         Body::None => {
             clean &= avail == 0;
-            write_all(client, out).await.map_err(|_| Fail::Client)?;
+            write_all(client, out, ct).await.map_err(|_| Fail::Client)?;
         }
         Body::Length(n) => {
             let take = (avail as u64).min(n) as usize;
             out.extend_from_slice(&sb[hl..hl + take]);
             clean &= avail == take;
-            write_all(client, out).await.map_err(|_| Fail::Client)?;
+            write_all(client, out, ct).await.map_err(|_| Fail::Client)?;
             let rem = n - take as u64;
             if rem >= w.cfg.splice_threshold {
                 splice_exact(w, server, client, rem, rto, Fail::Server, Fail::Client).await?;
@@ -404,7 +410,7 @@ async fn download(
                 }
                 .map_err(|_| Fail::Server)?;
                 clean &= from + c == sb.len();
-                write_all(client, out).await.map_err(|_| Fail::Client)?;
+                write_all(client, out, ct).await.map_err(|_| Fail::Client)?;
                 if sc.is_done() {
                     break;
                 }
@@ -421,14 +427,14 @@ async fn download(
         }
         Body::Close => {
             out.extend_from_slice(&sb[hl..]);
-            write_all(client, out).await.map_err(|_| Fail::Client)?;
+            write_all(client, out, ct).await.map_err(|_| Fail::Client)?;
             loop {
                 sb.clear();
                 let (r, b) = read_append(server, std::mem::take(sb), 0, rto).await;
                 *sb = b;
                 match r {
                     Ok(0) => break,
-                    Ok(_) => write_all(client, sb).await.map_err(|_| Fail::Client)?,
+                    Ok(_) => write_all(client, sb, ct).await.map_err(|_| Fail::Client)?,
                     Err(_) => return Err(Fail::Server),
                 }
             }
@@ -442,10 +448,10 @@ async fn download(
 }
 
 /// Writes all of `buf` (which is given back in place).
-async fn write_all(sock: &TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+async fn write_all(sock: &TcpStream, buf: &mut Vec<u8>, deadline: Duration) -> io::Result<()> {
     let b = std::mem::take(buf);
     let n = b.len();
-    let (r, b) = write_range(sock, b, 0, n).await;
+    let (r, b) = write_range(sock, b, 0, n, deadline).await;
     *buf = b;
     r
 }
@@ -472,7 +478,9 @@ async fn copy_exact(
         let k = (buf.len() as u64).min(n) as usize;
         clean &= k == buf.len();
         buf.truncate(k);
-        write_all(to, buf).await.map_err(|_| Fail::Client)?;
+        write_all(to, buf, w.cfg.limits.client_idle_timeout)
+            .await
+            .map_err(|_| Fail::Client)?;
         w.stats.copied_bytes_total.fetch_add(k as u64, Relaxed);
         n -= k as u64;
     }
@@ -520,7 +528,12 @@ async fn splice_exact(
         };
         n -= got as u64;
         while got > 0 {
-            match splice_out(&pipe, to, got as u32).await {
+            let put = tokio::time::timeout(
+                w.cfg.limits.client_idle_timeout,
+                splice_out(&pipe, to, got as u32),
+            )
+            .await;
+            match put.unwrap_or(Err(io::ErrorKind::TimedOut.into())) {
                 Ok(0) | Err(_) => {
                     let _ = to.shutdown(std::net::Shutdown::Both);
                     return Err(to_fail);

@@ -221,18 +221,25 @@ pub async fn read_append(
     }
 }
 
-/// Writes `buf[from..to]` entirely; gives the buffer back.
+/// Writes `buf[from..to]` entirely within `deadline`; gives the buffer
+/// back (an empty one on timeout: the cancelled write keeps it).
 pub async fn write_range(
     sock: &TcpStream,
     buf: Vec<u8>,
     from: usize,
     to: usize,
+    deadline: Duration,
 ) -> (io::Result<()>, Vec<u8>) {
     if from == to {
         return (Ok(()), buf);
     }
-    let (res, slice) = sock.write_all(buf.slice(from..to)).await;
-    (res, slice.into_inner())
+    match tokio::time::timeout(deadline, sock.write_all(buf.slice(from..to))).await {
+        Ok((res, slice)) => (res, slice.into_inner()),
+        Err(_) => (
+            Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
+            Vec::new(),
+        ),
+    }
 }
 
 #[cfg(test)]
