@@ -117,7 +117,9 @@ pub async fn exchange(
                 }
                 Err(e) => {
                     w.stats.server_connect_errors_total.fetch_add(1, Relaxed);
-                    warn!(server = %server.addr, error = %e, "cannot connect to real server");
+                    if server.mark_down(crate::worker::clock_s()) {
+                        warn!(server = %server.addr, error = %e, "cannot connect to real server: taken out of rotation");
+                    }
                     exclude.add(i);
                     force_fresh = false;
                     continue;

@@ -230,6 +230,13 @@ async fn housekeeping(w: Rc<Worker>) {
         tick += 1;
         let mut idle = 0;
         for s in &w.services {
+            if w.id == 0 {
+                for srv in s.servers.iter() {
+                    if srv.readmit(clock_s(), READMIT_AFTER_S) {
+                        info!(server = %srv.addr, "real server back in rotation (next request probes it)");
+                    }
+                }
+            }
             let mut p = s.pool.borrow_mut();
             p.sweep();
             idle += p.idle_count();
@@ -242,6 +249,16 @@ async fn housekeeping(w: Rc<Worker>) {
             .connections_active
             .store(w.active.get() as u64, Relaxed);
     }
+}
+
+/// Seconds a real server that refused a connection stays out of rotation
+/// before one request probes it again (passive failure detection).
+pub const READMIT_AFTER_S: u64 = 2;
+
+/// Seconds since the process started (a monotonic clock for coarse times).
+pub fn clock_s() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs()
 }
 
 /// Formats a peer's IP into `buf`, returning the used prefix, without

@@ -27,6 +27,9 @@ pub struct Server {
     pub conns: AtomicU32,
     /// False while the server is considered down.
     pub up: AtomicBool,
+    /// When (seconds on the process clock, see [`Server::mark_down`]) the
+    /// server was last taken out after failing.
+    pub down_since: std::sync::atomic::AtomicU64,
 }
 
 impl Server {
@@ -38,7 +41,24 @@ impl Server {
             high: AtomicU32::new(high),
             conns: AtomicU32::new(0),
             up: AtomicBool::new(true),
+            down_since: Default::default(),
         }
+    }
+
+    /// Passive failure detection: a connection to the server failed. It
+    /// leaves every scheduler until [`Server::readmit`] lets one request
+    /// probe it again. Returns true on the transition (log it once).
+    pub fn mark_down(&self, now_s: u64) -> bool {
+        self.down_since.store(now_s, Relaxed);
+        self.up.swap(false, Relaxed)
+    }
+
+    /// Puts a server taken out by [`Server::mark_down`] back after `after_s`
+    /// seconds (the next request is the probe). Returns true if it did.
+    pub fn readmit(&self, now_s: u64, after_s: u64) -> bool {
+        !self.up.load(Relaxed)
+            && now_s.saturating_sub(self.down_since.load(Relaxed)) >= after_s
+            && !self.up.swap(true, Relaxed)
     }
     #[inline]
     pub fn weight(&self) -> u32 {

@@ -36,7 +36,16 @@ mod tests {
             .collect();
         assert_eq!(picks, [0, 2, 0, 2]);
         assert_eq!(rr.pick(&s, &req(b"/"), Exclude(0b101)), None);
-        s[0].up.store(false, std::sync::atomic::Ordering::Relaxed);
+        assert!(s[0].mark_down(100));
+        assert!(
+            !s[0].mark_down(100),
+            "only the first failure is a transition"
+        );
         assert_eq!(rr.pick(&s, &req(b"/"), Exclude(0)), Some(2));
+        assert_eq!(rr.pick(&s, &req(b"/"), Exclude(0)), Some(2));
+        assert!(!s[0].readmit(101, 2));
+        assert!(s[0].readmit(102, 2));
+        assert!(!s[0].readmit(103, 2), "already back");
+        assert_eq!(rr.pick(&s, &req(b"/"), Exclude(0)), Some(0));
     }
 }
