@@ -9,3 +9,4 @@
 //! * [`client`] — the distributor-side client with self-clocking batching.
 
 pub mod proto;
+pub mod sched;

@@ -63,7 +63,7 @@ pub mod error_code {
 const HELLO_LEN: usize = 4 + 2 + 4 + 2;
 const LOOKUP_ITEM_LEN: usize = 20;
 const ANSWER_ITEM_LEN: usize = 4;
-const REPORT_ITEM_LEN: usize = 10;
+const REPORT_ITEM_LEN: usize = 6;
 const BATCH_HEAD_LEN: usize = 4 + 2;
 
 /// Why a byte sequence is not a valid frame. Any of these closes the
@@ -206,11 +206,9 @@ pub enum Answer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadItem {
     pub server: u16,
-    /// Connection units currently in flight from this distributor.
+    /// Connection units currently in flight from this distributor to this
+    /// server (a dynamic request counts 2).
     pub inflight: u32,
-    /// New connections this distributor opened to the server since its
-    /// previous report (the INPUT indicator).
-    pub new_conns: u32,
 }
 
 /// Validated batch of lookups; iterate with [`BatchLookup::items`].
@@ -281,7 +279,6 @@ impl<'a> LoadReport<'a> {
         self.raw.chunks_exact(REPORT_ITEM_LEN).map(|c| LoadItem {
             server: u16::from_be_bytes([c[0], c[1]]),
             inflight: u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
-            new_conns: u32::from_be_bytes([c[6], c[7], c[8], c[9]]),
         })
     }
 }
@@ -629,7 +626,6 @@ impl<'b> BatchWriter<'b> {
         }
         self.buf.extend_from_slice(&it.server.to_be_bytes());
         self.buf.extend_from_slice(&it.inflight.to_be_bytes());
-        self.buf.extend_from_slice(&it.new_conns.to_be_bytes());
         self.count += 1;
         true
     }
@@ -751,7 +747,6 @@ mod tests {
         let li = LoadItem {
             server: 2,
             inflight: 40,
-            new_conns: 7,
         };
         w.push_load(&li);
         w.finish();
