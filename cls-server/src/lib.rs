@@ -8,5 +8,6 @@
 //! * [`config`] — two-layer TOML configuration.
 //! * [`client`] — the distributor-side client with self-clocking batching.
 
+pub mod config;
 pub mod proto;
 pub mod sched;
