@@ -9,6 +9,7 @@
 //! * [`config`] — two-layer TOML configuration.
 //! * [`metrics`] — counters, Prometheus text.
 
+pub mod client;
 pub mod config;
 pub mod metrics;
 pub mod monitor;
@@ -16,5 +17,6 @@ pub mod proto;
 pub mod sched;
 pub mod server;
 
+pub use client::{ClientConfig, ClsClient, ClsError};
 pub use config::Config;
 pub use server::{spawn, ServerHandle};
