@@ -236,6 +236,8 @@ async fn query_agent(addr: SocketAddr) -> Option<AgentLoad> {
 }
 
 /// The monitor task: runs on the server thread until the server stops.
+/// When `monitor.enabled` is false it only does the interval housekeeping
+/// (pending assignments, target expiry); servers then stay alive.
 pub async fn run(cfg: Rc<Config>, state: Rc<RefCell<Cls>>) {
     let m = &cfg.monitor;
     let mut health = vec![Health::default(); cfg.servers.len()];
@@ -243,6 +245,15 @@ pub async fn run(cfg: Rc<Config>, state: Rc<RefCell<Cls>>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if !m.enabled {
+            let st = &mut *state.borrow_mut();
+            st.servers.tick();
+            st.lbll.table.sweep(Instant::now());
+            st.metrics
+                .targets
+                .store(st.lbll.table.len() as u64, Relaxed);
+            continue;
+        }
         let mut probes = tokio::task::JoinSet::new();
         for (i, s) in cfg.servers.iter().enumerate() {
             let s = s.clone();

@@ -203,9 +203,9 @@ pub async fn run(
         "CLS listening"
     );
     let mut tasks = tokio::task::JoinSet::new();
-    if config.monitor.enabled {
-        tasks.spawn_local(crate::monitor::run(config.clone(), state.clone()));
-    }
+    // With the monitor disabled it still keeps time: expires pending
+    // assignments and stale targets every interval.
+    tasks.spawn_local(crate::monitor::run(config.clone(), state.clone()));
     if let Some(addr) = config.metrics_listen {
         match bind(addr) {
             Ok(l) => {

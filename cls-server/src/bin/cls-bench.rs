@@ -1,1 +1,244 @@
-fn main() {}
+//! `cls-bench`: CLS throughput and latency, after thesis §7.4 / figure 7.5.
+//!
+//! `--clients` raw-protocol clients (default 3, like the thesis' three
+//! programs) each send a batch of B lookups, wait for the answer, send the
+//! next; for B = 1, 2, 4 … 256 it prints the summed lookups/s and the batch
+//! round-trip percentiles. Then one task measures the single-lookup round
+//! trip through the real `ClsClient`.
+//!
+//! Without `--addr` the CLS runs in-process on its own thread (one core:
+//! the server is single-threaded); the clients share one other thread.
+//!
+//! Usage: cls-bench [--addr HOST:PORT] [--clients N] [--ms MS_PER_STEP]
+//!                  [--batches 1,2,4,...] [--targets N] [--servers N]
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use cls_server::proto::{self, content_id, BatchWriter, Decoded, Frame, LookupItem};
+use cls_server::{ClientConfig, ClsClient, Config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Args {
+    addr: Option<SocketAddr>,
+    clients: usize,
+    ms: u64,
+    batches: Vec<usize>,
+    targets: usize,
+    servers: usize,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        addr: None,
+        clients: 3,
+        ms: 1000,
+        batches: (0..=8).map(|i| 1usize << i).collect(),
+        targets: 100_000,
+        servers: 16,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut v = || it.next().with_context(|| format!("{k} needs a value"));
+        match k.as_str() {
+            "--addr" => a.addr = Some(v()?.parse()?),
+            "--clients" => a.clients = v()?.parse()?,
+            "--ms" => a.ms = v()?.parse()?,
+            "--batches" => {
+                a.batches = v()?
+                    .split(',')
+                    .map(|x| x.parse())
+                    .collect::<Result<_, _>>()?
+            }
+            "--targets" => a.targets = v()?.parse()?,
+            "--servers" => a.servers = v()?.parse()?,
+            "-h" | "--help" => {
+                println!(
+                    "usage: cls-bench [--addr HOST:PORT] [--clients N] [--ms MS] \
+                     [--batches 1,2,4] [--targets N] [--servers N]"
+                );
+                std::process::exit(0);
+            }
+            _ => bail!("unknown argument {k}"),
+        }
+    }
+    if a.batches.iter().any(|&b| b == 0 || b > proto::MAX_BATCH) {
+        bail!("batch sizes must be in 1..={}", proto::MAX_BATCH);
+    }
+    Ok(a)
+}
+
+/// One raw client: Hello, then `batch`-sized lookups until `until`.
+/// Returns (lookups, batch round-trip times in ns).
+async fn raw_client(
+    addr: SocketAddr,
+    ids: Rc<Vec<[u8; 16]>>,
+    offset: usize,
+    batch: usize,
+    until: Instant,
+) -> anyhow::Result<(u64, Vec<u32>)> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let mut w = Vec::with_capacity(64 + batch * 20);
+    proto::encode_hello(
+        &mut w,
+        &proto::Hello {
+            version: proto::VERSION,
+            distributor_id: offset as u32,
+            node_id: proto::NO_NODE,
+        },
+    );
+    s.write_all(&w).await?;
+    let mut r = vec![0u8; proto::LEN_BYTES + proto::MAX_FRAME_LEN];
+    let mut have = 0;
+    // HelloAck.
+    let n = read_frame(&mut s, &mut r, &mut have).await?;
+    r.copy_within(n..have, 0);
+    have -= n;
+    let mut lat = Vec::with_capacity(1 << 20);
+    let mut done = 0u64;
+    let mut k = offset;
+    let mut req = 0u32;
+    while Instant::now() < until {
+        w.clear();
+        req = req.wrapping_add(1);
+        let mut b = BatchWriter::lookup(&mut w, req);
+        for _ in 0..batch {
+            k = (k + 1) % ids.len();
+            b.push_lookup(&LookupItem {
+                id: ids[k],
+                flags: 0,
+                local_node: proto::NO_NODE,
+            });
+        }
+        b.finish();
+        let t = Instant::now();
+        s.write_all(&w).await?;
+        let n = read_frame(&mut s, &mut r, &mut have).await?;
+        match proto::parse(&r[..n])? {
+            Frame::BatchAnswer(a) if a.request_id == req && a.len() == batch => {}
+            f => bail!("unexpected reply {f:?}"),
+        }
+        lat.push(t.elapsed().as_nanos().min(u32::MAX as u128) as u32);
+        r.copy_within(n..have, 0);
+        have -= n;
+        done += batch as u64;
+    }
+    Ok((done, lat))
+}
+
+async fn read_frame(s: &mut TcpStream, r: &mut [u8], have: &mut usize) -> anyhow::Result<usize> {
+    loop {
+        if let Decoded::Frame(_, n) = proto::decode(&r[..*have])? {
+            return Ok(n);
+        }
+        let k = s.read(&mut r[*have..]).await?;
+        if k == 0 {
+            bail!("CLS closed the connection");
+        }
+        *have += k;
+    }
+}
+
+fn pct(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = args()?;
+    let mut _server = None;
+    let addr = match a.addr {
+        Some(x) => x,
+        None => {
+            let mut t =
+                String::from("[server]\nlisten = \"127.0.0.1:0\"\n[monitor]\nenabled = false\n");
+            for i in 0..a.servers {
+                t.push_str(&format!(
+                    "[[servers]]\naddr = \"10.0.{}.{}:80\"\nprobe = \"none\"\n",
+                    i / 250,
+                    i % 250 + 1
+                ));
+            }
+            let h = cls_server::spawn(Config::parse(&t)?)?;
+            let addr = h.local_addr();
+            _server = Some(h);
+            addr
+        }
+    };
+    let ids: Rc<Vec<[u8; 16]>> = Rc::new(
+        (0..a.targets)
+            .map(|i| content_id(format!("/dir{}/file{i}.html", i % 97).as_bytes()))
+            .collect(),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        println!(
+            "cls-bench: CLS {addr}, {} clients, {} ms per step, {} targets",
+            a.clients, a.ms, a.targets
+        );
+        println!(
+            "{:>6} {:>14} {:>10} {:>10} {:>10}",
+            "batch", "lookups/s", "p50 µs", "p99 µs", "p99.9 µs"
+        );
+        for &b in &a.batches {
+            let until = Instant::now() + Duration::from_millis(a.ms);
+            let t0 = Instant::now();
+            let mut set = tokio::task::JoinSet::new();
+            for c in 0..a.clients {
+                let ids = ids.clone();
+                let off = c * ids.len() / a.clients.max(1);
+                set.spawn_local(raw_client(addr, ids, off, b, until));
+            }
+            let (mut total, mut lat) = (0u64, Vec::new());
+            while let Some(r) = set.join_next().await {
+                let (n, l) = r??;
+                total += n;
+                lat.extend(l);
+            }
+            let secs = t0.elapsed().as_secs_f64();
+            lat.sort_unstable();
+            println!(
+                "{:>6} {:>14.0} {:>10.1} {:>10.1} {:>10.1}",
+                b,
+                total as f64 / secs,
+                pct(&lat, 0.5),
+                pct(&lat, 0.99),
+                pct(&lat, 0.999)
+            );
+        }
+        // Single-lookup round trip through the real client.
+        let c = ClsClient::connect(ClientConfig::new(addr));
+        if !c.wait_connected(Duration::from_secs(2)).await {
+            bail!("client could not connect");
+        }
+        let until = Instant::now() + Duration::from_millis(a.ms);
+        let mut lat = Vec::new();
+        let mut k = 0;
+        while Instant::now() < until {
+            k = (k + 1) % ids.len();
+            let t = Instant::now();
+            c.lookup(ids[k], 0, None).await?;
+            lat.push(t.elapsed().as_nanos().min(u32::MAX as u128) as u32);
+        }
+        lat.sort_unstable();
+        println!(
+            "ClsClient single lookup round trip: n={} p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs",
+            lat.len(),
+            pct(&lat, 0.5),
+            pct(&lat, 0.99),
+            pct(&lat, 0.999)
+        );
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
