@@ -882,6 +882,26 @@ mod tests {
         }
     }
 
+    /// The examples in PROTOCOL.md, byte for byte.
+    #[test]
+    fn protocol_md_examples() {
+        let mut b = Vec::new();
+        let mut w = BatchWriter::lookup(&mut b, 7);
+        w.push_lookup(&LookupItem {
+            id: content_id(b"/index.html"),
+            flags: flags::CACHEABLE,
+            local_node: NO_NODE,
+        });
+        w.finish();
+        assert_eq!(&b[..11], [0, 0, 0, 0x1b, 3, 0, 0, 0, 7, 0, 1]);
+        assert_eq!(&b[27..], [1, 0, 0xff, 0xff]);
+        b.clear();
+        let mut w = BatchWriter::answer(&mut b, 7);
+        w.push_answer(Answer::Server(2));
+        w.finish();
+        assert_eq!(b, [0, 0, 0, 0x0b, 4, 0, 0, 0, 7, 0, 1, 0, 0, 0, 2]);
+    }
+
     #[test]
     fn content_id_is_md5() {
         assert_eq!(

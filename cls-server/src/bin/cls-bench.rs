@@ -11,6 +11,16 @@
 //!
 //! Usage: cls-bench [--addr HOST:PORT] [--clients N] [--ms MS_PER_STEP]
 //!                  [--batches 1,2,4,...] [--targets N] [--servers N]
+//!                  [--no-report]
+//!
+//! By default each batch is preceded by a `LoadReport` (every server at 0
+//! in-flight units, as if the previous batch's requests had completed), so
+//! the CLS works in its steady state; `--no-report` lets the assigned load
+//! pile up until the housekeeping tick (the overload path of LBLL).
+//!
+//! With the in-process CLS it also prints the CPU time of the server thread
+//! and lookups per CPU-second of it: on a shared machine this is the
+//! "one core" figure, independent of what else runs.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -29,6 +39,7 @@ struct Args {
     batches: Vec<usize>,
     targets: usize,
     servers: usize,
+    report: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -39,6 +50,7 @@ fn args() -> anyhow::Result<Args> {
         batches: (0..=8).map(|i| 1usize << i).collect(),
         targets: 100_000,
         servers: 16,
+        report: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -55,10 +67,11 @@ fn args() -> anyhow::Result<Args> {
             }
             "--targets" => a.targets = v()?.parse()?,
             "--servers" => a.servers = v()?.parse()?,
+            "--no-report" => a.report = false,
             "-h" | "--help" => {
                 println!(
                     "usage: cls-bench [--addr HOST:PORT] [--clients N] [--ms MS] \
-                     [--batches 1,2,4] [--targets N] [--servers N]"
+                     [--batches 1,2,4] [--targets N] [--servers N] [--no-report]"
                 );
                 std::process::exit(0);
             }
@@ -79,6 +92,8 @@ async fn raw_client(
     offset: usize,
     batch: usize,
     until: Instant,
+    servers: usize,
+    report: bool,
 ) -> anyhow::Result<(u64, Vec<u32>)> {
     let mut s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
@@ -104,6 +119,16 @@ async fn raw_client(
     let mut req = 0u32;
     while Instant::now() < until {
         w.clear();
+        if report {
+            let mut r = BatchWriter::load_report(&mut w);
+            for s in 0..servers.min(proto::MAX_BATCH) {
+                r.push_load(&proto::LoadItem {
+                    server: s as u16,
+                    inflight: 0,
+                });
+            }
+            r.finish();
+        }
         req = req.wrapping_add(1);
         let mut b = BatchWriter::lookup(&mut w, req);
         for _ in 0..batch {
@@ -141,6 +166,27 @@ async fn read_frame(s: &mut TcpStream, r: &mut [u8], have: &mut usize) -> anyhow
         }
         *have += k;
     }
+}
+
+/// CPU seconds (user + system) used so far by the in-process server thread
+/// (named "cls-server"), from /proc; None if not found. Assumes the usual
+/// 100 clock ticks per second.
+fn server_cpu_secs() -> Option<f64> {
+    for t in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "cls-server" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+        // Fields after the ")" that ends the command name: utime is the
+        // 12th, stime the 13th.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        let ut: f64 = f.get(11)?.parse().ok()?;
+        let st: f64 = f.get(12)?.parse().ok()?;
+        return Some((ut + st) / 100.0);
+    }
+    None
 }
 
 fn pct(sorted: &[u32], p: f64) -> f64 {
@@ -187,17 +233,18 @@ fn main() -> anyhow::Result<()> {
             a.clients, a.ms, a.targets
         );
         println!(
-            "{:>6} {:>14} {:>10} {:>10} {:>10}",
-            "batch", "lookups/s", "p50 µs", "p99 µs", "p99.9 µs"
+            "{:>6} {:>12} {:>10} {:>10} {:>10} {:>9} {:>16}",
+            "batch", "lookups/s", "p50 µs", "p99 µs", "p99.9 µs", "srv CPU", "lookups/CPU-s"
         );
         for &b in &a.batches {
             let until = Instant::now() + Duration::from_millis(a.ms);
             let t0 = Instant::now();
+            let cpu0 = server_cpu_secs();
             let mut set = tokio::task::JoinSet::new();
             for c in 0..a.clients {
                 let ids = ids.clone();
                 let off = c * ids.len() / a.clients.max(1);
-                set.spawn_local(raw_client(addr, ids, off, b, until));
+                set.spawn_local(raw_client(addr, ids, off, b, until, a.servers, a.report));
             }
             let (mut total, mut lat) = (0u64, Vec::new());
             while let Some(r) = set.join_next().await {
@@ -206,14 +253,22 @@ fn main() -> anyhow::Result<()> {
                 lat.extend(l);
             }
             let secs = t0.elapsed().as_secs_f64();
+            let cpu = match (cpu0, server_cpu_secs()) {
+                (Some(a), Some(b)) if b > a => Some(b - a),
+                _ => None,
+            };
             lat.sort_unstable();
             println!(
-                "{:>6} {:>14.0} {:>10.1} {:>10.1} {:>10.1}",
+                "{:>6} {:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>9} {:>16}",
                 b,
                 total as f64 / secs,
                 pct(&lat, 0.5),
                 pct(&lat, 0.99),
-                pct(&lat, 0.999)
+                pct(&lat, 0.999),
+                cpu.map(|c| format!("{:.0}%", 100.0 * c / secs))
+                    .unwrap_or_else(|| "-".into()),
+                cpu.map(|c| format!("{:.0}", total as f64 / c))
+                    .unwrap_or_else(|| "-".into()),
             );
         }
         // Single-lookup round trip through the real client.

@@ -78,26 +78,33 @@ impl Lbll {
             Mode::Cache => Answer::Origin,
             _ => Answer::None,
         };
-        let Some(global_min) = servers.least_loaded() else {
-            return Decision {
-                answer: none,
-                changed: false,
-            };
-        };
         let e = self.table.get_or_insert(id, now);
         let mut changed = e.set.retain(|s| servers.eligible(s));
+        // The global scan is only needed for an empty set or an overload;
+        // a non-empty pruned set proves some server is eligible.
+        if e.set.is_empty() && servers.least_loaded().is_none() {
+            if changed {
+                e.last_mod = now;
+            }
+            return Decision {
+                answer: none,
+                changed,
+            };
+        }
         let t = p.t;
         let answer = match p.mode {
             Mode::Independent => {
                 let n = if e.set.is_empty() {
-                    changed |= add(e, global_min, servers);
-                    global_min
+                    let g = global_min(servers, e);
+                    changed |= add(e, g, servers);
+                    g
                 } else {
                     let n = least_in(e, servers);
                     let ln = servers.load(n);
                     if (ln > t && servers.any_below(t / 2.0, false)) || ln >= 2.0 * t {
-                        changed |= add(e, global_min, servers);
-                        global_min
+                        let g = global_min(servers, e);
+                        changed |= add(e, g, servers);
+                        g
                     } else {
                         n
                     }
@@ -108,7 +115,7 @@ impl Lbll {
                 let local = local.filter(|&l| servers.eligible(l));
                 let local_ok = local.filter(|&l| servers.load(l) < t);
                 let n = if e.set.is_empty() {
-                    let n = local_ok.unwrap_or(global_min);
+                    let n = local_ok.unwrap_or_else(|| global_min(servers, e));
                     changed |= add(e, n, servers);
                     n
                 } else if let Some(l) = local_ok.filter(|&l| e.set.contains(l)) {
@@ -116,7 +123,7 @@ impl Lbll {
                 } else {
                     let n = least_in(e, servers);
                     if servers.load(n) > t {
-                        let n = local_ok.unwrap_or(global_min);
+                        let n = local_ok.unwrap_or_else(|| global_min(servers, e));
                         changed |= add(e, n, servers);
                         n
                     } else {
@@ -127,14 +134,16 @@ impl Lbll {
             }
             Mode::Cache => {
                 if e.set.is_empty() {
-                    changed |= add(e, global_min, servers);
-                    Answer::Server(global_min)
+                    let g = global_min(servers, e);
+                    changed |= add(e, g, servers);
+                    Answer::Server(g)
                 } else {
                     let n = least_in(e, servers);
                     if servers.load(n) > t {
                         if servers.any_below(t / 2.0, true) {
-                            changed |= add(e, global_min, servers);
-                            Answer::Server(global_min)
+                            let g = global_min(servers, e);
+                            changed |= add(e, g, servers);
+                            Answer::Server(g)
                         } else {
                             Answer::Origin
                         }
@@ -159,6 +168,15 @@ impl Lbll {
         }
         Decision { answer, changed }
     }
+}
+
+/// Globally least loaded eligible server. Only called when one exists (the
+/// set is non-empty after pruning, or `least_loaded` was checked); the
+/// fallback keeps it total without a panic.
+fn global_min(servers: &ServerTable, e: &Entry) -> u16 {
+    servers
+        .least_loaded()
+        .unwrap_or_else(|| e.set.as_slice().first().copied().unwrap_or(0))
 }
 
 /// Least loaded member (ties: first in the set). The set is non-empty and

@@ -19,13 +19,18 @@
 
 use slab::Slab;
 
+/// Internal weight units per configured weight unit: a configured weight
+/// `w` is the thesis' `DEFAULT_WEIGHT = 100 * w`, so the feedback step
+/// `A = 5` moves a weight-1 server by at most about 5 % per interval.
+pub const WEIGHT_UNIT: f64 = 100.0;
+
 /// Per-server state.
 #[derive(Debug, Clone)]
 pub struct ServerState {
     pub alive: bool,
     /// Configured weight; 0 = drained (never scheduled, never adjusted).
     pub base_weight: u32,
-    /// Dynamic weight (feedback).
+    /// Dynamic weight (feedback), in [`WEIGHT_UNIT`]s of the configured one.
     pub weight: f64,
     /// `mean(weight) / weight`, recomputed by [`ServerTable::recompute`].
     pub load_factor: f64,
@@ -62,7 +67,7 @@ impl ServerTable {
                 .map(|&w| ServerState {
                     alive: true,
                     base_weight: w,
-                    weight: w as f64,
+                    weight: w as f64 * WEIGHT_UNIT,
                     load_factor: 1.0,
                     units: 0,
                     agg: 0.0,
@@ -207,7 +212,7 @@ impl ServerTable {
                 continue;
             }
             let w = s.weight + a * (0.95 - g).cbrt();
-            s.weight = w.clamp(0.0, scale * s.base_weight as f64);
+            s.weight = w.clamp(0.0, scale * s.base_weight as f64 * WEIGHT_UNIT);
         }
         self.recompute();
     }
@@ -224,7 +229,7 @@ impl ServerTable {
             .fold((0.0, 0usize), |(a, n), s| (a + s.weight, n + 1));
         let mean = if n == 0 { 1.0 } else { sum / n as f64 };
         for s in &mut self.servers {
-            let floor = (s.base_weight as f64 * 0.01).max(1e-6);
+            let floor = (s.base_weight as f64 * WEIGHT_UNIT * 0.01).max(1e-6);
             s.load_factor = mean / s.weight.max(floor);
         }
     }
@@ -278,13 +283,13 @@ mod tests {
         t.report(d, 0, 10);
         t.report(d, 1, 10);
         t.apply_feedback(&[Some(2.0), Some(0.2)], 5.0, 10.0);
-        assert!(t.get(0).unwrap().weight < 10.0);
-        assert!(t.get(1).unwrap().weight > 10.0);
+        assert!(t.get(0).unwrap().weight < 1000.0);
+        assert!(t.get(1).unwrap().weight > 1000.0);
         assert!(t.load(0) > t.load(1));
         // Clamped to SCALE * weight.
-        for _ in 0..100 {
+        for _ in 0..3000 {
             t.apply_feedback(&[Some(0.0), Some(0.0)], 5.0, 10.0);
         }
-        assert_eq!(t.get(1).unwrap().weight, 100.0);
+        assert_eq!(t.get(1).unwrap().weight, 10_000.0);
     }
 }
