@@ -81,6 +81,9 @@ pub struct Entry {
 
 const NIL: usize = usize::MAX;
 
+/// Entries reserved when the table is created.
+pub const INITIAL_CAPACITY: usize = 1 << 16;
+
 struct Node {
     key: [u8; 16],
     entry: Entry,
@@ -166,13 +169,18 @@ pub struct TargetTable {
 }
 
 impl TargetTable {
-    /// `max_entries` ≥ 1. Memory is reserved up front (no growth on the
-    /// request path).
+    /// `max_entries` ≥ 1. Room for [`INITIAL_CAPACITY`] entries is reserved
+    /// up front; beyond that the table grows (amortised) up to
+    /// `max_entries`. Reserving all of `max_entries` would spread a small
+    /// working set over a huge array and cost a cache miss per probe.
     pub fn new(max_entries: usize, expiry: Duration) -> Self {
         let max_entries = max_entries.max(1);
         TargetTable {
-            map: HashMap::with_capacity_and_hasher(max_entries, IdHashBuilder::new()),
-            nodes: Slab::with_capacity(max_entries),
+            map: HashMap::with_capacity_and_hasher(
+                max_entries.min(INITIAL_CAPACITY),
+                IdHashBuilder::new(),
+            ),
+            nodes: Slab::with_capacity(max_entries.min(INITIAL_CAPACITY)),
             head: NIL,
             tail: NIL,
             max_entries,
