@@ -325,3 +325,59 @@ fn monitor_fails_and_readmits_a_server() {
         );
     });
 }
+
+#[test]
+fn colocated_distributors_get_their_own_node() {
+    let h = spawn(config(
+        any(),
+        "mode = \"colocated\"\n[monitor]\nenabled = false",
+        &four_servers(),
+        "none",
+    ))
+    .unwrap();
+    let addr = h.local_addr();
+    local(async move {
+        let mut c0 = client_config(addr);
+        c0.node_id = Some(2);
+        let c0 = ClsClient::connect(c0);
+        let mut c1 = client_config(addr);
+        c1.node_id = Some(3);
+        let c1 = ClsClient::connect(c1);
+        assert!(c0.wait_connected(Duration::from_secs(2)).await);
+        assert!(c1.wait_connected(Duration::from_secs(2)).await);
+        // New targets go to the asking distributor's own node (Hello.node_id).
+        assert_eq!(c0.lookup([1; 16], 0, None).await, Ok(Answer::Server(2)));
+        assert_eq!(c1.lookup([2; 16], 0, None).await, Ok(Answer::Server(3)));
+        // A target already placed stays where it is while under T.
+        assert_eq!(c1.lookup([1; 16], 0, None).await, Ok(Answer::Server(2)));
+        // The per-lookup local node overrides the Hello's.
+        assert_eq!(c0.lookup([3; 16], 0, Some(1)).await, Ok(Answer::Server(1)));
+    });
+}
+
+#[test]
+fn metrics_endpoint_serves_prometheus_text() {
+    // Find a free port for the metrics listener.
+    let m = std::net::TcpListener::bind(any()).unwrap();
+    let maddr = m.local_addr().unwrap();
+    drop(m);
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"{maddr}\"\n[monitor]\nenabled = false\n[[servers]]\naddr = \"127.0.0.1:1\"\nprobe = \"none\"\n"
+    );
+    let h = spawn(Config::parse(&text).unwrap()).unwrap();
+    let addr = h.local_addr();
+    local(async move {
+        let c = ClsClient::connect(client_config(addr));
+        assert!(c.wait_connected(Duration::from_secs(2)).await);
+        c.lookup([1; 16], 0, None).await.unwrap();
+        let mut s = TcpStream::connect(maddr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.unwrap();
+        assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+        assert!(body.contains("\ncls_lookups_total 1\n"), "{body}");
+        assert!(body.contains("\ncls_connections_open 1\n"), "{body}");
+    });
+}
