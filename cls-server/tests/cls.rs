@@ -381,3 +381,50 @@ fn metrics_endpoint_serves_prometheus_text() {
         assert!(body.contains("\ncls_connections_open 1\n"), "{body}");
     });
 }
+
+#[test]
+fn hung_cls_lookups_time_out_and_the_connection_is_dropped() {
+    local(async move {
+        // A fake CLS that completes the Hello exchange and then never answers.
+        let l = tokio::net::TcpListener::bind(any()).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let _fake = tokio::task::spawn_local(async move {
+            let mut held = Vec::new();
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut b = [0u8; 64];
+                let _ = s.read(&mut b).await;
+                let mut ack = Vec::new();
+                proto::encode_hello_ack(&mut ack, 1024, &[]);
+                let _ = s.write_all(&ack).await;
+                held.push(s); // keep it open, silent
+            }
+        });
+        let mut cfg = client_config(addr);
+        cfg.timeout = Duration::from_millis(30);
+        cfg.batch_timeout = Duration::from_millis(200);
+        let c = ClsClient::connect(cfg);
+        assert!(c.wait_connected(Duration::from_secs(2)).await);
+        let t = Instant::now();
+        assert_eq!(c.lookup([1; 16], 0, None).await, Err(ClsError::Timeout));
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+        // After batch_timeout the client gives up on the connection; while it
+        // is down lookups fail at once instead of waiting.
+        let t = Instant::now();
+        while c.is_connected() {
+            assert!(t.elapsed() < Duration::from_secs(2));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let t = Instant::now();
+        let r = c.lookup([2; 16], 0, None).await;
+        if r == Err(ClsError::Unavailable) {
+            assert!(t.elapsed() < Duration::from_millis(50));
+        }
+        assert!(r.is_err());
+        assert!(c.stats().failed >= 2);
+    });
+}
