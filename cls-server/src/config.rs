@@ -19,7 +19,7 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("TOML: {0}")]
+    #[error(transparent)]
     Toml(#[from] toml::de::Error),
     #[error("field `{field}`: {msg}")]
     Field { field: String, msg: String },
