@@ -11,7 +11,12 @@
 //!
 //! Usage: cls-bench [--addr HOST:PORT] [--clients N] [--ms MS_PER_STEP]
 //!                  [--batches 1,2,4,...] [--targets N] [--servers N]
-//!                  [--no-report]
+//!                  [--no-report] [--micro]
+//!
+//! `--micro` instead measures the CLS's per-batch work without sockets on
+//! this thread: parse a `BatchLookup`, run LBLL for each item, encode the
+//! `BatchAnswer` — the compute cost per lookup on one core (an upper bound:
+//! building the request batch is inside the timed loop too).
 //!
 //! By default each batch is preceded by a `LoadReport` (every server at 0
 //! in-flight units, as if the previous batch's requests had completed), so
@@ -40,6 +45,7 @@ struct Args {
     targets: usize,
     servers: usize,
     report: bool,
+    micro: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -51,6 +57,7 @@ fn args() -> anyhow::Result<Args> {
         targets: 100_000,
         servers: 16,
         report: true,
+        micro: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -68,10 +75,11 @@ fn args() -> anyhow::Result<Args> {
             "--targets" => a.targets = v()?.parse()?,
             "--servers" => a.servers = v()?.parse()?,
             "--no-report" => a.report = false,
+            "--micro" => a.micro = true,
             "-h" | "--help" => {
                 println!(
                     "usage: cls-bench [--addr HOST:PORT] [--clients N] [--ms MS] \
-                     [--batches 1,2,4] [--targets N] [--servers N] [--no-report]"
+                     [--batches 1,2,4] [--targets N] [--servers N] [--no-report] [--micro]"
                 );
                 std::process::exit(0);
             }
@@ -197,8 +205,84 @@ fn pct(sorted: &[u32], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
+/// Decode → LBLL → encode, in memory, for each batch size.
+fn micro(a: &Args, ids: &[[u8; 16]]) -> anyhow::Result<()> {
+    use cls_server::sched::{Lbll, Mode, Params, ServerTable, TargetTable};
+    println!(
+        "cls-bench --micro: {} servers, {} targets, {} ms per step (no sockets)",
+        a.servers, a.targets, a.ms
+    );
+    println!("{:>6} {:>14} {:>12}", "batch", "lookups/s", "ns/lookup");
+    for &b in &a.batches {
+        let mut servers = ServerTable::new(&vec![1; a.servers]);
+        let dist = servers.add_distributor();
+        let mut lbll = Lbll::new(
+            Params {
+                mode: Mode::Independent,
+                t: 60.0,
+                k: Duration::from_secs(60),
+            },
+            TargetTable::new(1_000_000, Duration::from_secs(3600)),
+        );
+        let (mut inb, mut out) = (Vec::new(), Vec::new());
+        let mut k = 0usize;
+        let mut done = 0u64;
+        let t0 = Instant::now();
+        let until = t0 + Duration::from_millis(a.ms);
+        while Instant::now() < until {
+            for _ in 0..64 {
+                inb.clear();
+                let mut w = BatchWriter::lookup(&mut inb, 1);
+                for _ in 0..b {
+                    k = (k + 1) % ids.len();
+                    w.push_lookup(&LookupItem {
+                        id: ids[k],
+                        flags: 0,
+                        local_node: proto::NO_NODE,
+                    });
+                }
+                w.finish();
+                // The server's work starts here.
+                let now = Instant::now();
+                let Ok(Decoded::Frame(Frame::BatchLookup(req), _)) = proto::decode(&inb) else {
+                    bail!("bad frame");
+                };
+                out.clear();
+                let mut ans = BatchWriter::answer(&mut out, req.request_id);
+                for it in req.items() {
+                    let d = lbll.lookup(now, &it.id, it.flags, None, &servers);
+                    if let proto::Answer::Server(n) = d.answer {
+                        servers.assign(dist, n, 1);
+                    }
+                    ans.push_answer(d.answer);
+                }
+                ans.finish();
+                // Completed requests: the distributor's report resets load.
+                for s in 0..a.servers as u16 {
+                    servers.report(dist, s, 0);
+                }
+                done += b as u64;
+            }
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        println!(
+            "{:>6} {:>14.0} {:>12.1}",
+            b,
+            done as f64 / secs,
+            secs * 1e9 / done as f64
+        );
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let a = args()?;
+    if a.micro {
+        let ids: Vec<[u8; 16]> = (0..a.targets)
+            .map(|i| content_id(format!("/dir{}/file{i}.html", i % 97).as_bytes()))
+            .collect();
+        return micro(&a, &ids);
+    }
     let mut _server = None;
     let addr = match a.addr {
         Some(x) => x,
