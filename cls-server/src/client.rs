@@ -29,7 +29,7 @@ use tokio::sync::{oneshot, Notify};
 use tracing::{debug, info, warn};
 
 use crate::proto::{self, BatchWriter, Frame, LoadItem, LookupItem};
-pub use crate::proto::{flags, Answer, NO_NODE};
+pub use crate::proto::{content_id, flags, Answer, NO_NODE};
 
 /// Client settings; [`ClientConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]

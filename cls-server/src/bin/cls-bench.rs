@@ -177,24 +177,28 @@ async fn read_frame(s: &mut TcpStream, r: &mut [u8], have: &mut usize) -> anyhow
 }
 
 /// CPU seconds (user + system) used so far by the in-process server thread
-/// (named "cls-server"), from /proc; None if not found. Assumes the usual
-/// 100 clock ticks per second.
+/// (named "cls-server"), from /proc; None if not found.
 fn server_cpu_secs() -> Option<f64> {
     for t in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
         let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if comm.trim() != "cls-server" {
-            continue;
+        if comm.trim() == "cls-server" {
+            return stat_cpu_secs(&t.path().join("stat"));
         }
-        let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
-        // Fields after the ")" that ends the command name: utime is the
-        // 12th, stime the 13th.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let f: Vec<&str> = rest.split(' ').collect();
-        let ut: f64 = f.get(11)?.parse().ok()?;
-        let st: f64 = f.get(12)?.parse().ok()?;
-        return Some((ut + st) / 100.0);
     }
     None
+}
+
+/// utime + stime of a /proc stat file, in seconds (assumes the usual 100
+/// clock ticks per second).
+fn stat_cpu_secs(path: &std::path::Path) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the ")" that ends the command name: utime is the 12th,
+    // stime the 13th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ut: f64 = f.get(11)?.parse().ok()?;
+    let st: f64 = f.get(12)?.parse().ok()?;
+    Some((ut + st) / 100.0)
 }
 
 fn pct(sorted: &[u32], p: f64) -> f64 {
@@ -212,7 +216,11 @@ fn micro(a: &Args, ids: &[[u8; 16]]) -> anyhow::Result<()> {
         "cls-bench --micro: {} servers, {} targets, {} ms per step (no sockets)",
         a.servers, a.targets, a.ms
     );
-    println!("{:>6} {:>14} {:>12}", "batch", "lookups/s", "ns/lookup");
+    println!(
+        "{:>6} {:>14} {:>12} {:>9} {:>16}",
+        "batch", "lookups/s", "ns/lookup", "CPU", "lookups/CPU-s"
+    );
+    let me = std::path::Path::new("/proc/thread-self/stat");
     for &b in &a.batches {
         let mut servers = ServerTable::new(&vec![1; a.servers]);
         let dist = servers.add_distributor();
@@ -228,6 +236,7 @@ fn micro(a: &Args, ids: &[[u8; 16]]) -> anyhow::Result<()> {
         let mut k = 0usize;
         let mut done = 0u64;
         let t0 = Instant::now();
+        let cpu0 = stat_cpu_secs(me);
         let until = t0 + Duration::from_millis(a.ms);
         while Instant::now() < until {
             for _ in 0..64 {
@@ -265,11 +274,19 @@ fn micro(a: &Args, ids: &[[u8; 16]]) -> anyhow::Result<()> {
             }
         }
         let secs = t0.elapsed().as_secs_f64();
+        let cpu = match (cpu0, stat_cpu_secs(me)) {
+            (Some(x), Some(y)) if y > x => Some(y - x),
+            _ => None,
+        };
         println!(
-            "{:>6} {:>14.0} {:>12.1}",
+            "{:>6} {:>14.0} {:>12.1} {:>9} {:>16}",
             b,
             done as f64 / secs,
-            secs * 1e9 / done as f64
+            secs * 1e9 / done as f64,
+            cpu.map(|c| format!("{:.0}%", 100.0 * c / secs))
+                .unwrap_or_else(|| "-".into()),
+            cpu.map(|c| format!("{:.0}", done as f64 / c))
+                .unwrap_or_else(|| "-".into()),
         );
     }
     Ok(())
