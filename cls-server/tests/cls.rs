@@ -428,3 +428,49 @@ fn hung_cls_lookups_time_out_and_the_connection_is_dropped() {
         assert!(c.stats().failed >= 2);
     });
 }
+
+#[test]
+fn http_probe_fails_a_5xx_server_and_keeps_a_2xx_one() {
+    local(async move {
+        // Two tiny HTTP backends: one healthy, one answering 503.
+        let serve = |status: &'static str| async move {
+            let l = tokio::net::TcpListener::bind(any()).await.unwrap();
+            let a = l.local_addr().unwrap();
+            tokio::task::spawn_local(async move {
+                loop {
+                    let Ok((mut s, _)) = l.accept().await else {
+                        continue;
+                    };
+                    let mut b = [0u8; 512];
+                    let _ = s.read(&mut b).await;
+                    let _ = s
+                        .write_all(
+                            format!("HTTP/1.0 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+                        )
+                        .await;
+                }
+            });
+            a
+        };
+        let ok = serve("200 OK").await;
+        let bad = serve("503 Service Unavailable").await;
+        let h = spawn(config(
+            any(),
+            "[monitor]\ninterval_ms = 30\nprobe_timeout_ms = 20\nfail_after = 1",
+            &[bad, ok],
+            "http",
+        ))
+        .unwrap();
+        let t = Instant::now();
+        while h.metrics().snapshot().servers_alive != 1 {
+            assert!(
+                t.elapsed() < Duration::from_secs(3),
+                "503 server never failed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let c = ClsClient::connect(client_config(h.local_addr()));
+        assert!(c.wait_connected(Duration::from_secs(2)).await);
+        assert_eq!(c.lookup([1; 16], 0, None).await, Ok(Answer::Server(1)));
+    });
+}
