@@ -4,7 +4,8 @@
 //! programs) each send a batch of B lookups, wait for the answer, send the
 //! next; for B = 1, 2, 4 … 256 it prints the summed lookups/s and the batch
 //! round-trip percentiles. Then one task measures the single-lookup round
-//! trip through the real `ClsClient`.
+//! trip through the real `ClsClient`, and 16 / 256 concurrent tasks show
+//! its self-clocking batching (lookups/s and mean batch size).
 //!
 //! Without `--addr` the CLS runs in-process on its own thread (one core:
 //! the server is single-threaded); the clients share one other thread.
@@ -401,6 +402,42 @@ fn main() -> anyhow::Result<()> {
             pct(&lat, 0.99),
             pct(&lat, 0.999)
         );
+        // Self-clocking batching: many concurrent callers on one client.
+        for conc in [16usize, 256] {
+            let before = c.stats();
+            let until = Instant::now() + Duration::from_millis(a.ms);
+            let t0 = Instant::now();
+            let mut set = tokio::task::JoinSet::new();
+            for t in 0..conc {
+                let (c, ids) = (Rc::clone(&c), ids.clone());
+                set.spawn_local(async move {
+                    let (mut ok, mut err) = (0u64, 0u64);
+                    let mut k = t * 7919;
+                    while Instant::now() < until {
+                        k = (k + 1) % ids.len();
+                        match c.lookup(ids[k], 0, None).await {
+                            Ok(_) => ok += 1,
+                            Err(_) => err += 1,
+                        }
+                    }
+                    (ok, err)
+                });
+            }
+            let (mut ok, mut err) = (0u64, 0u64);
+            while let Some(r) = set.join_next().await {
+                let (o, e) = r?;
+                ok += o;
+                err += e;
+            }
+            let secs = t0.elapsed().as_secs_f64();
+            let st = c.stats();
+            let batches = (st.batches - before.batches).max(1);
+            println!(
+                "ClsClient, {conc} concurrent callers: {:.0} lookups/s, errors={err}, mean batch {:.1}",
+                ok as f64 / secs,
+                (st.answered - before.answered) as f64 / batches as f64
+            );
+        }
         anyhow::Ok(())
     })?;
     Ok(())
