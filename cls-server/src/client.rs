@@ -29,7 +29,7 @@ use tokio::sync::{oneshot, Notify};
 use tracing::{debug, info, warn};
 
 use crate::proto::{self, BatchWriter, Frame, LoadItem, LookupItem};
-pub use crate::proto::{content_id, flags, Answer, NO_NODE};
+pub use crate::proto::{content_id, flags, Answer, ServerEntry, NO_NODE};
 
 /// Client settings; [`ClientConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
@@ -115,7 +115,7 @@ struct State {
     closed: bool,
     queue: VecDeque<Pending>,
     /// Server id → address, from the last HelloAck.
-    servers: Vec<SocketAddr>,
+    servers: Vec<ServerEntry>,
     /// Latest load report not yet sent.
     load: Vec<LoadItem>,
     load_dirty: bool,
@@ -255,11 +255,16 @@ impl ClsClient {
 
     /// Address of server `id` as announced by the CLS.
     pub fn server_addr(&self, id: u16) -> Option<SocketAddr> {
-        self.sh.st.borrow().servers.get(id as usize).copied()
+        let st = self.sh.st.borrow();
+        // The CLS lists servers in id order; search only if it did not.
+        match st.servers.get(id as usize) {
+            Some(e) if e.id == id => Some(e.addr),
+            _ => st.servers.iter().find(|e| e.id == id).map(|e| e.addr),
+        }
     }
 
-    /// The CLS's server table (index = server id).
-    pub fn servers(&self) -> Vec<SocketAddr> {
+    /// The CLS's server table as announced (normally index = server id).
+    pub fn servers(&self) -> Vec<ServerEntry> {
         self.sh.st.borrow().servers.clone()
     }
 
@@ -427,7 +432,7 @@ async fn session(
                 }
                 let mut st = sh.st.borrow_mut();
                 st.servers.clear();
-                st.servers.extend(a.servers().map(|e| e.addr));
+                st.servers.extend(a.servers());
                 a.max_batch as usize
             }
             Frame::Error(c) => return Err(SessionError::Remote(c)),

@@ -61,7 +61,10 @@ fn concurrent_lookups_are_batched_and_answered() {
     local(async move {
         let c = ClsClient::connect(client_config(addr));
         assert!(c.wait_connected(Duration::from_secs(2)).await);
-        assert_eq!(c.servers(), four_servers());
+        let addrs: Vec<SocketAddr> = c.servers().iter().map(|e| e.addr).collect();
+        assert_eq!(addrs, four_servers());
+        assert_eq!(c.server_addr(3), Some(four_servers()[3]));
+        assert_eq!(c.server_addr(4), None);
         let mut set = tokio::task::JoinSet::new();
         for i in 0..1000u32 {
             let c = Rc::clone(&c);
