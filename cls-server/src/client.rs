@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::proto::{self, BatchWriter, Frame, LoadItem, LookupItem};
@@ -104,9 +105,21 @@ pub struct ClientStats {
     pub connects: u64,
 }
 
+type Reply = oneshot::Sender<Result<Answer, ClsError>>;
+
+/// A queued lookup. Its deadline is enforced by the driver (one timer for
+/// all lookups, not one per lookup: a per-lookup tokio timer cost about as
+/// much as the rest of the lookup).
 struct Pending {
     item: LookupItem,
-    tx: oneshot::Sender<Result<Answer, ClsError>>,
+    deadline: Instant,
+    tx: Reply,
+}
+
+/// A lookup in the batch in flight; `tx` is taken when it times out.
+struct Slot {
+    deadline: Instant,
+    tx: Option<Reply>,
 }
 
 #[derive(Default)]
@@ -206,15 +219,17 @@ impl ClsClient {
                     flags: flags & proto::flags::ALL,
                     local_node: local_node.unwrap_or(NO_NODE),
                 },
+                deadline: Instant::now() + self.sh.cfg.timeout,
                 tx,
             });
             rx
         };
         self.sh.wake.notify_one();
-        match tokio::time::timeout(self.sh.cfg.timeout, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(ClsError::Disconnected),
-            Err(_) => Err(ClsError::Timeout),
+        // The driver answers every queued lookup by its deadline (Timeout),
+        // or drops the sender when the connection goes.
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => Err(ClsError::Disconnected),
         }
     }
 
@@ -375,8 +390,10 @@ async fn drive(sh: Rc<Shared>) {
         )
         .await;
         let connected = std::mem::replace(&mut sh.st.borrow_mut().connected, false);
-        for tx in inflight.drain(..) {
-            let _ = tx.send(Err(ClsError::Disconnected));
+        for slot in inflight.drain(..) {
+            if let Some(tx) = slot.tx {
+                let _ = tx.send(Err(ClsError::Disconnected));
+            }
         }
         sh.fail_queue(ClsError::Disconnected);
         if sh.st.borrow().closed {
@@ -399,7 +416,35 @@ async fn drive(sh: Rc<Shared>) {
     }
 }
 
-type Inflight = Vec<oneshot::Sender<Result<Answer, ClsError>>>;
+type Inflight = Vec<Slot>;
+
+/// The earliest deadline still pending: the first live slot of the batch in
+/// flight, else the head of the queue (both are in arrival order).
+fn next_deadline(sh: &Shared, inflight: &Inflight) -> Option<Instant> {
+    inflight
+        .iter()
+        .find(|s| s.tx.is_some())
+        .map(|s| s.deadline)
+        .or_else(|| sh.st.borrow().queue.front().map(|p| p.deadline))
+}
+
+/// Fails every lookup whose deadline has passed with `Timeout`.
+fn expire(sh: &Shared, inflight: &mut Inflight, now: Instant) {
+    for s in inflight.iter_mut() {
+        if s.deadline > now {
+            break;
+        }
+        if let Some(tx) = s.tx.take() {
+            let _ = tx.send(Err(ClsError::Timeout));
+        }
+    }
+    let mut st = sh.st.borrow_mut();
+    while st.queue.front().is_some_and(|p| p.deadline <= now) {
+        if let Some(p) = st.queue.pop_front() {
+            let _ = p.tx.send(Err(ClsError::Timeout));
+        }
+    }
+}
 
 async fn session(
     sh: &Shared,
@@ -500,7 +545,10 @@ async fn session(
                         continue;
                     }
                     w.push_lookup(&p.item);
-                    inflight.push(p.tx);
+                    inflight.push(Slot {
+                        deadline: p.deadline,
+                        tx: Some(p.tx),
+                    });
                 }
                 w.finish();
                 if inflight.is_empty() {
@@ -511,20 +559,38 @@ async fn session(
         if wbuf.is_empty() {
             continue;
         }
-        tokio::time::timeout(cfg.batch_timeout, s.write_all(wbuf))
+        // A batch is at most ~20 KiB: if the CLS does not take it within a
+        // lookup timeout it is not reading, and the connection is dropped
+        // (so no caller waits longer than its timeout).
+        tokio::time::timeout(cfg.timeout, s.write_all(wbuf))
             .await
             .map_err(|_| SessionError::Timeout)??;
         if inflight.is_empty() {
             continue;
         }
-        // Wait for the answer; lookups arriving meanwhile form the next batch.
-        let n = tokio::time::timeout(cfg.batch_timeout, rd.frame(s))
-            .await
-            .map_err(|_| SessionError::Timeout)??;
+        // Wait for the answer; lookups arriving meanwhile form the next
+        // batch. Callers whose deadline passes meanwhile get `Timeout`; a
+        // batch unanswered for `batch_timeout` drops the connection.
+        let give_up = Instant::now() + cfg.batch_timeout;
+        let n = loop {
+            let wake = next_deadline(sh, inflight).map_or(give_up, |d| d.min(give_up));
+            tokio::select! {
+                r = rd.frame(s) => break r?,
+                _ = tokio::time::sleep_until(wake) => {
+                    let now = Instant::now();
+                    expire(sh, inflight, now);
+                    if now >= give_up {
+                        return Err(SessionError::Timeout);
+                    }
+                }
+            }
+        };
         match proto::parse(&rd.buf[rd.start..rd.start + n])? {
             Frame::BatchAnswer(a) if a.request_id == *req_id && a.len() == inflight.len() => {
-                for (tx, ans) in inflight.drain(..).zip(a.answers()) {
-                    let _ = tx.send(Ok(ans));
+                for (slot, ans) in inflight.drain(..).zip(a.answers()) {
+                    if let Some(tx) = slot.tx {
+                        let _ = tx.send(Ok(ans));
+                    }
                 }
                 sh.answered.set(sh.answered.get() + a.len() as u64);
                 sh.batches.set(sh.batches.get() + 1);
