@@ -192,8 +192,18 @@ impl Config {
 
     /// Parses and checks a configuration held in a string.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        // serde_path_to_error names the field of a type error
+        // (`service[0].server[1].weight: invalid value ...`).
+        let de = toml::Deserializer::new(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path.is_empty() || path == "." {
+                ConfigError::Syntax(inner.to_string())
+            } else {
+                field_err(path, inner.message().trim().to_string())
+            }
+        })?;
         raw.validate()
     }
 }
@@ -469,5 +479,8 @@ mod tests {
             .starts_with("limits.max_header_bytes:"));
         // unknown keys are refused too, with their name
         assert!(err(&GOOD.replace("weight = 4", "wieght = 4")).contains("wieght"));
+        // type errors name the field's path
+        let e = err(&GOOD.replace("weight = 4", "weight = -1"));
+        assert!(e.starts_with("service[0].server[0].weight:"), "{e}");
     }
 }
