@@ -1,0 +1,427 @@
+//! Configuration in two layers (Sozu `FileConfig` → `Config`): [`raw`]
+//! mirrors the TOML file with serde and nothing else; [`Config::from_raw`]
+//! checks every field and cross-field rule, fills defaults, and reports the
+//! first problem naming the field, e.g.
+//! `service[0].real_server[1].method: unknown method "foo" (dr, tun, nat)`.
+//! The reference file with every key commented is `configs/l4-front.toml`.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use crate::conn::Timeouts;
+use crate::packet::parse::{PROTO_TCP, PROTO_UDP};
+
+/// A configuration problem, naming the offending field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("{field}: {msg}")]
+    Field { field: String, msg: String },
+}
+
+fn bad(field: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field: field.into(),
+        msg: msg.into(),
+    }
+}
+
+/// The file as written.
+pub mod raw {
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct File {
+        pub director: Option<Director>,
+        pub timeouts: Option<Timeouts>,
+        #[serde(default)]
+        pub service: Vec<Service>,
+    }
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Director {
+        pub interface: Option<String>,
+        pub workers: Option<usize>,
+        pub local_ip: Option<String>,
+        pub answer_arp: Option<bool>,
+        pub mtu: Option<u32>,
+        pub max_connections: Option<usize>,
+        pub shards: Option<usize>,
+        pub stats_file: Option<String>,
+        pub stats_interval_ms: Option<u64>,
+    }
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Timeouts {
+        pub tcp_syn: Option<u32>,
+        pub tcp_established: Option<u32>,
+        pub tcp_fin: Option<u32>,
+        pub tcp_close: Option<u32>,
+        pub udp: Option<u32>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Service {
+        pub vip: String,
+        pub port: i64,
+        pub protocol: Option<String>,
+        pub scheduler: Option<String>,
+        pub persistence: Option<u32>,
+        pub persistence_netmask: Option<u8>,
+        #[serde(default)]
+        pub real_server: Vec<RealServer>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RealServer {
+        pub address: String,
+        pub port: Option<i64>,
+        pub weight: Option<i64>,
+        pub method: Option<String>,
+        pub mac: Option<String>,
+    }
+}
+
+/// Forwarding method of a real server (ipvsadm `-g`, `-i`, `-m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// VS/DR: direct routing, MAC rewrite only.
+    Dr,
+    /// VS/TUN: IP-in-IP to the real server.
+    Tun,
+    /// VS/NAT: address/port rewrite both ways.
+    Nat,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Dr => "dr",
+            Method::Tun => "tun",
+            Method::Nat => "nat",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Director {
+    pub interface: String,
+    /// Worker threads; 0 means one per online CPU.
+    pub workers: usize,
+    /// The director's own LAN address (TUN outer source); `None` means the
+    /// interface's first IPv4 address.
+    pub local_ip: Option<Ipv4Addr>,
+    pub answer_arp: bool,
+    pub mtu: u16,
+    pub max_connections: usize,
+    pub shards: usize,
+    pub stats_file: Option<PathBuf>,
+    pub stats_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RealServerConfig {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub weight: u32,
+    pub method: Method,
+    pub mac: Option<[u8; 6]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub proto: u8,
+    pub scheduler: String,
+    /// Persistence timeout in seconds (0 = off).
+    pub persistence: u32,
+    /// Client netmask prefix length for persistence.
+    pub persistence_netmask: u8,
+    pub real_servers: Vec<RealServerConfig>,
+}
+
+/// The checked configuration the director runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub director: Director,
+    pub timeouts: Timeouts,
+    pub services: Vec<ServiceConfig>,
+}
+
+fn ip(field: &str, s: &str) -> Result<Ipv4Addr, ConfigError> {
+    s.parse()
+        .map_err(|_| bad(field, format!("{s:?} is not an IPv4 address")))
+}
+
+fn port(field: &str, p: i64) -> Result<u16, ConfigError> {
+    if (1..=65535).contains(&p) {
+        Ok(p as u16)
+    } else {
+        Err(bad(field, format!("{p} is not a port (1-65535)")))
+    }
+}
+
+impl Config {
+    /// Reads and checks a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses and checks TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: raw::File = toml::from_str(text)?;
+        Self::from_raw(raw)
+    }
+
+    /// The second layer: checks and defaults.
+    pub fn from_raw(raw: raw::File) -> Result<Config, ConfigError> {
+        let d = raw.director.unwrap_or_default();
+        let interface = d
+            .interface
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| bad("director.interface", "required (the LAN port)"))?;
+        if interface.len() >= libc::IFNAMSIZ {
+            return Err(bad("director.interface", "longer than 15 bytes"));
+        }
+        let local_ip = match d.local_ip {
+            Some(s) => Some(ip("director.local_ip", &s)?),
+            None => None,
+        };
+        let mtu = d.mtu.unwrap_or(1500);
+        if !(576..=9000).contains(&mtu) {
+            return Err(bad("director.mtu", format!("{mtu} outside 576-9000")));
+        }
+        let max_connections = d.max_connections.unwrap_or(2_000_000);
+        if max_connections == 0 {
+            return Err(bad("director.max_connections", "must be at least 1"));
+        }
+        let shards = d.shards.unwrap_or(64);
+        if !(1..=4096).contains(&shards) {
+            return Err(bad("director.shards", format!("{shards} outside 1-4096")));
+        }
+        let workers = d.workers.unwrap_or(0);
+        if workers > 256 {
+            return Err(bad("director.workers", "at most 256"));
+        }
+        let director = Director {
+            interface,
+            workers,
+            local_ip,
+            answer_arp: d.answer_arp.unwrap_or(true),
+            mtu: mtu as u16,
+            max_connections,
+            shards,
+            stats_file: d.stats_file.map(PathBuf::from),
+            stats_interval_ms: d.stats_interval_ms.unwrap_or(1000).max(50),
+        };
+
+        let t = raw.timeouts.unwrap_or_default();
+        let def = Timeouts::default();
+        let secs = |name: &str, v: Option<u32>, dflt: u32| -> Result<u32, ConfigError> {
+            match v {
+                Some(0) => Err(bad(format!("timeouts.{name}"), "must be at least 1 second")),
+                Some(v) => Ok(v),
+                None => Ok(dflt),
+            }
+        };
+        let timeouts = Timeouts {
+            tcp_syn: secs("tcp_syn", t.tcp_syn, def.tcp_syn)?,
+            tcp_established: secs("tcp_established", t.tcp_established, def.tcp_established)?,
+            tcp_fin: secs("tcp_fin", t.tcp_fin, def.tcp_fin)?,
+            tcp_close: secs("tcp_close", t.tcp_close, def.tcp_close)?,
+            udp: secs("udp", t.udp, def.udp)?,
+        };
+
+        if raw.service.is_empty() {
+            return Err(bad("service", "at least one [[service]] is required"));
+        }
+        if raw.service.len() > u16::MAX as usize {
+            return Err(bad("service", "too many services"));
+        }
+        let mut seen = HashSet::new();
+        let mut services = Vec::new();
+        for (i, s) in raw.service.into_iter().enumerate() {
+            let f = |k: &str| format!("service[{i}].{k}");
+            let vip = ip(&f("vip"), &s.vip)?;
+            let port_ = port(&f("port"), s.port)?;
+            let proto = match s.protocol.as_deref().unwrap_or("tcp") {
+                "tcp" => PROTO_TCP,
+                "udp" => PROTO_UDP,
+                other => return Err(bad(f("protocol"), format!("unknown {other:?} (tcp, udp)"))),
+            };
+            if !seen.insert((proto, vip, port_)) {
+                return Err(bad(f("vip"), format!("duplicate service {vip}:{port_}")));
+            }
+            let scheduler = s.scheduler.unwrap_or_else(|| "wlc".into());
+            if !crate::sched::NAMES.contains(&scheduler.as_str()) {
+                return Err(bad(
+                    f("scheduler"),
+                    format!("unknown {scheduler:?} ({})", crate::sched::NAMES.join(", ")),
+                ));
+            }
+            let persistence_netmask = s.persistence_netmask.unwrap_or(32);
+            if persistence_netmask > 32 {
+                return Err(bad(f("persistence_netmask"), "a prefix length 0-32"));
+            }
+            if s.real_server.len() > u16::MAX as usize {
+                return Err(bad(f("real_server"), "too many real servers"));
+            }
+            let mut rss = Vec::new();
+            let mut rseen = HashSet::new();
+            for (j, r) in s.real_server.into_iter().enumerate() {
+                let g = |k: &str| format!("service[{i}].real_server[{j}].{k}");
+                let addr = ip(&g("address"), &r.address)?;
+                let method = match r.method.as_deref().unwrap_or("dr") {
+                    "dr" => Method::Dr,
+                    "tun" => Method::Tun,
+                    "nat" => Method::Nat,
+                    other => {
+                        return Err(bad(
+                            g("method"),
+                            format!("unknown method {other:?} (dr, tun, nat)"),
+                        ))
+                    }
+                };
+                let rport = match r.port {
+                    Some(p) => port(&g("port"), p)?,
+                    None => port_,
+                };
+                if method != Method::Nat && rport != port_ {
+                    return Err(bad(
+                        g("port"),
+                        format!(
+                            "{} cannot change the port (service port {port_}); use nat",
+                            method.name()
+                        ),
+                    ));
+                }
+                let weight = r.weight.unwrap_or(1);
+                if !(0..=65535).contains(&weight) {
+                    return Err(bad(g("weight"), format!("{weight} outside 0-65535")));
+                }
+                let mac = match r.mac {
+                    Some(m) => Some(
+                        crate::packet::parse_mac(&m)
+                            .ok_or_else(|| bad(g("mac"), format!("{m:?} is not a MAC")))?,
+                    ),
+                    None => None,
+                };
+                if !rseen.insert((addr, rport)) {
+                    return Err(bad(g("address"), format!("duplicate {addr}:{rport}")));
+                }
+                rss.push(RealServerConfig {
+                    addr,
+                    port: rport,
+                    weight: weight as u32,
+                    method,
+                    mac,
+                });
+            }
+            services.push(ServiceConfig {
+                vip,
+                port: port_,
+                proto,
+                scheduler,
+                persistence: s.persistence.unwrap_or(0),
+                persistence_netmask,
+                real_servers: rss,
+            });
+        }
+        Ok(Config {
+            director,
+            timeouts,
+            services,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [director]
+        interface = "eth0"
+        [[service]]
+        vip = "10.201.2.100"
+        port = 80
+        scheduler = "wrr"
+        [[service.real_server]]
+        address = "10.201.2.11"
+        weight = 4
+        [[service.real_server]]
+        address = "10.201.2.12"
+        method = "tun"
+    "#;
+
+    fn err(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn good_config_and_defaults() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.director.mtu, 1500);
+        assert!(c.director.answer_arp);
+        assert_eq!(c.timeouts, Timeouts::default());
+        assert_eq!(c.services[0].real_servers[1].method, Method::Tun);
+        assert_eq!(c.services[0].real_servers[1].port, 80);
+        assert_eq!(c.services[0].real_servers[0].weight, 4);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        assert!(err(&GOOD.replace("\"tun\"", "\"foo\""))
+            .starts_with("service[0].real_server[1].method"));
+        assert!(err(&GOOD.replace("weight = 4", "weight = -1"))
+            .starts_with("service[0].real_server[0].weight"));
+        assert!(err(&GOOD.replace("10.201.2.100", "10.201.2")).starts_with("service[0].vip"));
+        assert!(err(&GOOD.replace("\"wrr\"", "\"fifo\"")).starts_with("service[0].scheduler"));
+        assert!(err(&GOOD.replace("port = 80", "port = 0")).starts_with("service[0].port"));
+        assert!(err(&GOOD.replace("interface = \"eth0\"", "")).starts_with("director.interface"));
+        assert!(err(&format!("{GOOD}\n[timeouts]\ntcp_syn = 0\n")).starts_with("timeouts.tcp_syn"));
+        let e = err(&GOOD.replace("method = \"tun\"", "method = \"tun\"\nport = 8080"));
+        assert!(e.starts_with("service[0].real_server[1].port"), "{e}");
+        // Unknown keys are refused by the raw layer, with the key's name.
+        let e = err(&GOOD.replace("scheduler = \"wrr\"", "schedular = \"wrr\""));
+        assert!(e.contains("schedular"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_service_refused() {
+        let dup = format!("{GOOD}\n[[service]]\nvip = \"10.201.2.100\"\nport = 80\n");
+        assert!(err(&dup).starts_with("service[1].vip"));
+    }
+
+    #[test]
+    fn reference_configs_parse() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            if name.starts_with("l4-front") && name.ends_with(".toml") {
+                Config::load(&p).unwrap_or_else(|e| panic!("{name}: {e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 1);
+    }
+}

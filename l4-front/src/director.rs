@@ -1,0 +1,205 @@
+//! `run(config, shutdown)`: starts the workers and runs the control loop
+//! (clock, slow timer, neighbour resolution, statistics) until `shutdown`.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::datapath::afpacket::{self, PacketSocket};
+use crate::datapath::{neigh, worker, Processor};
+use crate::hash::SeededState;
+use crate::packet::rewrite;
+use crate::service::Shared;
+use crate::stats::{Snapshot, WorkerStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("interface {iface}: {source}")]
+    Interface {
+        iface: String,
+        source: std::io::Error,
+    },
+    #[error("opening packet socket on {iface}: {source}")]
+    Socket {
+        iface: String,
+        source: std::io::Error,
+    },
+    #[error("spawning worker: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// Runs the director until `shutdown` becomes true.
+pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
+    let iface = cfg.director.interface.clone();
+    let ierr = |source| RunError::Interface {
+        iface: iface.clone(),
+        source,
+    };
+    let mac = afpacket::if_mac(&iface).map_err(ierr)?;
+    let local_ip = match cfg.director.local_ip {
+        Some(ip) => u32::from(ip),
+        None => afpacket::if_ipv4(&iface).map_err(ierr)?,
+    };
+    let seed = SeededState::random().seed;
+    let shared = Arc::new(Shared::new(&cfg, mac, local_ip, seed));
+    resolve_macs(&shared, Duration::from_secs(2));
+
+    let workers = match cfg.director.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let group = (std::process::id() & 0xffff) as u16;
+    let clock = Arc::new(AtomicU32::new(0));
+    let rebuild = Arc::new(AtomicU32::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut stats = Vec::new();
+    let mut handles = Vec::new();
+    let mut first: Option<PacketSocket> = None;
+    for i in 0..workers {
+        let sock = PacketSocket::open(&iface, Some(group)).map_err(|source| RunError::Socket {
+            iface: iface.clone(),
+            source,
+        })?;
+        if first.is_none() {
+            // A second, non-fanout socket for control-plane sends (ARP).
+            first = PacketSocket::open(&iface, None).ok();
+        }
+        let st = Arc::new(WorkerStats::new(&shared.shape()));
+        stats.push(st.clone());
+        let proc = Processor::new(shared.clone(), st);
+        let (c, s, r) = (clock.clone(), stop.clone(), rebuild.clone());
+        let h = std::thread::Builder::new()
+            .name(format!("l4-worker-{i}"))
+            .spawn(move || worker::run(sock, proc, c, s, r))
+            .map_err(RunError::Spawn)?;
+        handles.push(h);
+    }
+    tracing::info!(
+        interface = %iface,
+        mac = %crate::packet::fmt_mac(&mac),
+        local_ip = %Ipv4Addr::from(local_ip),
+        workers,
+        services = shared.services.len(),
+        "l4-front running"
+    );
+    if let (Some(s), true) = (&first, shared.answer_arp) {
+        announce(s, &shared);
+    }
+
+    let start = Instant::now();
+    let interval = Duration::from_millis(cfg.director.stats_interval_ms);
+    let mut last_stats = Instant::now();
+    let mut last_tick = 0u32;
+    let mut last_neigh = Instant::now();
+    while !shutdown.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = start.elapsed().as_secs() as u32;
+        clock.store(now, Ordering::Relaxed);
+        if now != last_tick {
+            last_tick = now;
+            let n = shared.table.expire(now, |c| shared.on_expire(c));
+            if n > 0 {
+                tracing::debug!(expired = n, left = shared.table.len(), "slow timer");
+            }
+        }
+        if last_neigh.elapsed() >= Duration::from_secs(5) {
+            last_neigh = Instant::now();
+            if resolve_macs(&shared, Duration::ZERO) {
+                rebuild.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if last_stats.elapsed() >= interval {
+            last_stats = Instant::now();
+            write_stats(&cfg, &shared, &stats);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    write_stats(&cfg, &shared, &stats);
+    tracing::info!("l4-front stopped");
+    Ok(())
+}
+
+/// Gratuitous ARP for every VIP (start-up and, later, takeover).
+fn announce(sock: &PacketSocket, shared: &Shared) {
+    let mut buf = [0u8; 64];
+    for &vip in shared.vips.iter() {
+        let n = rewrite::gratuitous_arp(&mut buf, shared.local_mac, vip);
+        if let Err(e) = sock.send(&buf[..n]) {
+            tracing::warn!(error = %e, "gratuitous ARP failed");
+        }
+    }
+}
+
+/// Resolves unknown real-server MACs, waiting up to `wait`. Returns whether
+/// any MAC was newly learnt.
+fn resolve_macs(shared: &Shared, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    let mut learnt = false;
+    loop {
+        let mut missing = 0;
+        for s in &shared.services {
+            for (j, rs) in s.servers.iter().enumerate() {
+                if s.mac(j).is_some() {
+                    continue;
+                }
+                let ip = Ipv4Addr::from(rs.addr);
+                match neigh::lookup(ip) {
+                    Some(m) => {
+                        s.set_mac(j, m);
+                        learnt = true;
+                        tracing::info!(real_server = %ip, mac = %crate::packet::fmt_mac(&m), "resolved");
+                    }
+                    None => {
+                        neigh::provoke(ip);
+                        missing += 1;
+                    }
+                }
+            }
+        }
+        if missing == 0 || Instant::now() >= deadline {
+            if missing > 0 && !wait.is_zero() {
+                tracing::warn!(missing, "real servers without a MAC yet (retrying)");
+            }
+            return learnt;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn write_stats(cfg: &Config, shared: &Shared, stats: &[Arc<WorkerStats>]) {
+    let Some(path) = &cfg.director.stats_file else {
+        return;
+    };
+    let snap = Snapshot::collect(stats);
+    let labels: Vec<String> = shared.services.iter().map(|s| s.label()).collect();
+    let rs_labels: Vec<Vec<String>> = shared
+        .services
+        .iter()
+        .map(|s| {
+            s.servers
+                .iter()
+                .map(|r| format!("{}:{}", Ipv4Addr::from(r.addr), r.port))
+                .collect()
+        })
+        .collect();
+    let text = snap.render(
+        &labels,
+        &rs_labels,
+        &[("connections", shared.table.len() as u64)],
+    );
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, text).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+/// Convenience for `--check`: loads and checks a file.
+pub fn check(path: &Path) -> Result<Config, crate::config::ConfigError> {
+    Config::load(path)
+}

@@ -1,0 +1,139 @@
+//! The virtual service table the workers read: services, their real servers
+//! (scheduler view, forwarding method, next-hop MAC) and the VIP index.
+//! Built once from the checked [`Config`]; the control plane changes only
+//! atomics in it (weights, health, resolved MACs).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::config::{Config, Method, ServiceConfig};
+use crate::conn::ConnTable;
+use crate::hash::SeededState;
+use crate::sched::RealServer;
+
+/// One virtual service.
+pub struct Service {
+    pub cfg: ServiceConfig,
+    pub servers: Vec<RealServer>,
+    pub methods: Vec<Method>,
+    /// Next-hop MAC of each real server as a u64 (0 = not yet resolved).
+    macs: Vec<AtomicU64>,
+}
+
+impl Service {
+    pub fn mac(&self, rs: usize) -> Option<[u8; 6]> {
+        let v = self.macs.get(rs)?.load(Ordering::Relaxed);
+        (v != 0).then(|| {
+            let b = v.to_be_bytes();
+            [b[2], b[3], b[4], b[5], b[6], b[7]]
+        })
+    }
+
+    pub fn set_mac(&self, rs: usize, mac: [u8; 6]) {
+        let mut b = [0u8; 8];
+        b[2..].copy_from_slice(&mac);
+        if let Some(m) = self.macs.get(rs) {
+            m.store(u64::from_be_bytes(b), Ordering::Relaxed);
+        }
+    }
+
+    /// `vip:port/proto` for logs and statistics.
+    pub fn label(&self) -> String {
+        let p = if self.cfg.proto == crate::packet::parse::PROTO_UDP {
+            "udp"
+        } else {
+            "tcp"
+        };
+        format!("{}:{}/{p}", self.cfg.vip, self.cfg.port)
+    }
+}
+
+/// Everything the workers share, read-mostly.
+pub struct Shared {
+    pub services: Vec<Service>,
+    /// <proto, vip, port> → service index.
+    pub index: HashMap<(u8, u32, u16), u16, SeededState>,
+    pub vips: HashSet<u32, SeededState>,
+    /// <proto, real server addr, port> of VS/NAT servers (replies to catch).
+    pub nat_servers: HashSet<(u8, u32, u16), SeededState>,
+    pub table: ConnTable,
+    pub local_mac: [u8; 6],
+    pub local_ip: u32,
+    pub mtu: u16,
+    pub answer_arp: bool,
+}
+
+impl Shared {
+    pub fn new(cfg: &Config, local_mac: [u8; 6], local_ip: u32, seed: u64) -> Shared {
+        let h = SeededState::new(seed);
+        let mut index = HashMap::with_hasher(h);
+        let mut vips = HashSet::with_hasher(h);
+        let mut nat_servers = HashSet::with_hasher(h);
+        let mut services = Vec::new();
+        for (i, s) in cfg.services.iter().enumerate() {
+            let vip = u32::from(s.vip);
+            index.insert((s.proto, vip, s.port), i as u16);
+            vips.insert(vip);
+            let servers = s
+                .real_servers
+                .iter()
+                .map(|r| RealServer::new(u32::from(r.addr), r.port, r.weight))
+                .collect();
+            for r in &s.real_servers {
+                if r.method == Method::Nat {
+                    nat_servers.insert((s.proto, u32::from(r.addr), r.port));
+                }
+            }
+            let svc = Service {
+                cfg: s.clone(),
+                servers,
+                methods: s.real_servers.iter().map(|r| r.method).collect(),
+                macs: s.real_servers.iter().map(|_| AtomicU64::new(0)).collect(),
+            };
+            for (j, r) in s.real_servers.iter().enumerate() {
+                if let Some(m) = r.mac {
+                    svc.set_mac(j, m);
+                }
+            }
+            services.push(svc);
+        }
+        let table = ConnTable::new(
+            cfg.director.shards,
+            cfg.director.max_connections,
+            cfg.timeouts,
+            seed ^ 0x5bd1_e995,
+        );
+        Shared {
+            services,
+            index,
+            vips,
+            nat_servers,
+            table,
+            local_mac,
+            local_ip,
+            mtu: cfg.director.mtu,
+            answer_arp: cfg.director.answer_arp,
+        }
+    }
+
+    /// Service shape for the statistics blocks.
+    pub fn shape(&self) -> Vec<usize> {
+        self.services.iter().map(|s| s.servers.len()).collect()
+    }
+
+    /// Called by the slow timer for every expired connection.
+    pub fn on_expire(&self, c: &crate::conn::Conn) {
+        if let Some(rs) = self
+            .services
+            .get(c.svc as usize)
+            .and_then(|s| s.servers.get(c.rs as usize))
+        {
+            let ctr = if c.state.is_active() {
+                &rs.active
+            } else {
+                &rs.inactive
+            };
+            let _ = ctr.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+        }
+    }
+}
