@@ -8,6 +8,7 @@
 pub mod config;
 pub mod conn;
 pub mod datapath;
+pub mod decap;
 pub mod director;
 pub mod hash;
 pub mod packet;

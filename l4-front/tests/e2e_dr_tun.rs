@@ -1,0 +1,107 @@
+//! End to end through the real `l4-front` binary in network namespaces the
+//! test builds: a real HTTP request from the client namespace to the VIP,
+//! through the router and the director, to real servers on the LAN; the
+//! replies go straight back to the router (a sniffer on the director's port
+//! counts none). Needs root and `ip netns`; otherwise skipped with a reason.
+
+mod common;
+
+use common::{http_get, stats, Lab, Sniffer, VIP};
+use std::time::Duration;
+
+fn director_config(lab: &Lab, method: &str, n_rs: usize) -> std::path::PathBuf {
+    let mut t = format!(
+        "[director]\ninterface = \"d0\"\nworkers = 2\nstats_file = \"{}\"\nstats_interval_ms = 100\n\n\
+         [[service]]\nvip = \"{VIP}\"\nport = 80\nscheduler = \"rr\"\n",
+        lab.dir.join("stats").display()
+    );
+    for i in 1..=n_rs {
+        t += &format!(
+            "[[service.real_server]]\naddress = \"10.201.2.{}\"\nmethod = \"{method}\"\n",
+            10 + i
+        );
+    }
+    let p = lab.dir.join("l4-front.toml");
+    std::fs::write(&p, t).expect("write config");
+    p
+}
+
+fn run_case(method: &str) {
+    let mut lab = Lab::new(&method[..1]);
+    lab.build(2);
+    for i in 1..=2 {
+        let role = format!("rs{i}");
+        lab.http_server(&role, &format!("hello from rs{i}\n"));
+        if method == "tun" {
+            lab.spawn(
+                &role,
+                &format!("decap{i}"),
+                &[env!("CARGO_BIN_EXE_l4-decap"), "--vip", VIP],
+                &[],
+            );
+        }
+    }
+    let cfg = director_config(&lab, method, 2);
+    let sniff = Sniffer::start(&lab.ns("dir"), "d0", [10, 201, 2, 100]);
+    lab.spawn(
+        "dir",
+        "l4-front",
+        &[
+            env!("CARGO_BIN_EXE_l4-front"),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        &[("RUST_LOG", "debug")],
+    );
+    let stats_path = lab.dir.join("stats");
+    lab.wait_for_file(&stats_path, "l4-front", "l4-front");
+    if method == "tun" {
+        // Let the decapsulators open their sockets.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    let vip = format!("{VIP}:80").parse().unwrap();
+    let mut bodies = Vec::new();
+    for _ in 0..2 {
+        let r = http_get(&lab.ns("cl"), vip).unwrap_or_else(|e| {
+            panic!(
+                "{method}: HTTP through the director failed: {e}\n--- l4-front log:\n{}\n--- stats:\n{:?}",
+                lab.log("l4-front"),
+                stats(&stats_path)
+            )
+        });
+        assert!(r.starts_with("HTTP/1.0 200 OK"), "{r}");
+        bodies.push(r.lines().last().unwrap_or_default().to_string());
+    }
+    bodies.sort();
+    assert_eq!(bodies, ["hello from rs1", "hello from rs2"], "rr over both");
+
+    std::thread::sleep(Duration::from_millis(250));
+    let st = stats(&stats_path);
+    let from_vip = sniff.from_vip.load(std::sync::atomic::Ordering::Relaxed);
+    let to_vip = sniff.to_vip.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "{method}: director port saw {to_vip} frames to the VIP, {from_vip} from it; stats {st:?}"
+    );
+    assert!(to_vip >= 6, "requests must reach the director ({to_vip})");
+    assert_eq!(from_vip, 0, "replies must bypass the director");
+    assert!(st.get("tx_frames").copied().unwrap_or(0) >= 6, "{st:?}");
+    assert!(st.get("arp_replies").copied().unwrap_or(0) >= 1, "{st:?}");
+    assert_eq!(
+        st.get("service.10.201.2.100:80/tcp.conns"),
+        Some(&2),
+        "{st:?}"
+    );
+}
+
+#[test]
+fn dr_http_through_director_replies_bypass() {
+    skip_unless_lab!();
+    run_case("dr");
+}
+
+#[test]
+fn tun_http_through_director_replies_bypass() {
+    skip_unless_lab!();
+    run_case("tun");
+}
