@@ -53,7 +53,6 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
     };
     let group = (std::process::id() & 0xffff) as u16;
     let clock = Arc::new(AtomicU32::new(0));
-    let rebuild = Arc::new(AtomicU32::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut stats = Vec::new();
     let mut handles = Vec::new();
@@ -70,10 +69,10 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
         let st = Arc::new(WorkerStats::new(&shared.shape()));
         stats.push(st.clone());
         let proc = Processor::new(shared.clone(), st);
-        let (c, s, r) = (clock.clone(), stop.clone(), rebuild.clone());
+        let (c, s) = (clock.clone(), stop.clone());
         let h = std::thread::Builder::new()
             .name(format!("l4-worker-{i}"))
-            .spawn(move || worker::run(sock, proc, c, s, r))
+            .spawn(move || worker::run(sock, proc, c, s))
             .map_err(RunError::Spawn)?;
         handles.push(h);
     }
@@ -107,9 +106,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
         }
         if last_neigh.elapsed() >= Duration::from_secs(5) {
             last_neigh = Instant::now();
-            if resolve_macs(&shared, Duration::ZERO) {
-                rebuild.fetch_add(1, Ordering::Relaxed);
-            }
+            resolve_macs(&shared, Duration::ZERO);
         }
         if last_stats.elapsed() >= interval {
             last_stats = Instant::now();

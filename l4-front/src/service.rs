@@ -5,22 +5,39 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use crate::config::{Config, Method, ServiceConfig};
 use crate::conn::ConnTable;
 use crate::hash::SeededState;
-use crate::sched::RealServer;
+use crate::sched::{self, RealServer, Scheduler};
 
 /// One virtual service.
 pub struct Service {
     pub cfg: ServiceConfig,
     pub servers: Vec<RealServer>,
     pub methods: Vec<Method>,
+    /// The service's scheduler. Locked once per new connection only (as
+    /// IPVS' `sched_lock`): rr/wrr positions must be global, not per core,
+    /// or every core would start with the same server.
+    sched: Mutex<Box<dyn Scheduler>>,
     /// Next-hop MAC of each real server as a u64 (0 = not yet resolved).
     macs: Vec<AtomicU64>,
 }
 
 impl Service {
+    /// Picks a real server for a new connection from `caddr:cport`.
+    pub fn pick(&self, caddr: u32, cport: u16) -> Option<usize> {
+        let mut s = self.sched.lock().unwrap_or_else(|e| e.into_inner());
+        s.pick(&self.servers, caddr, cport)
+    }
+
+    /// Rebuilds the scheduler after weight or health changes.
+    pub fn rebuild(&self) {
+        let mut s = self.sched.lock().unwrap_or_else(|e| e.into_inner());
+        s.rebuild(&self.servers);
+    }
+
     pub fn mac(&self, rs: usize) -> Option<[u8; 6]> {
         let v = self.macs.get(rs)?.load(Ordering::Relaxed);
         (v != 0).then(|| {
@@ -74,11 +91,13 @@ impl Shared {
             let vip = u32::from(s.vip);
             index.insert((s.proto, vip, s.port), i as u16);
             vips.insert(vip);
-            let servers = s
+            let servers: Vec<RealServer> = s
                 .real_servers
                 .iter()
                 .map(|r| RealServer::new(u32::from(r.addr), r.port, r.weight))
                 .collect();
+            let sched = sched::by_name(&s.scheduler, &servers)
+                .unwrap_or_else(|| Box::new(sched::RoundRobin::default()));
             for r in &s.real_servers {
                 if r.method == Method::Nat {
                     nat_servers.insert((s.proto, u32::from(r.addr), r.port));
@@ -88,6 +107,7 @@ impl Shared {
                 cfg: s.clone(),
                 servers,
                 methods: s.real_servers.iter().map(|r| r.method).collect(),
+                sched: Mutex::new(sched),
                 macs: s.real_servers.iter().map(|_| AtomicU64::new(0)).collect(),
             };
             for (j, r) in s.real_servers.iter().enumerate() {

@@ -9,7 +9,7 @@ mod common;
 use common::{http_get, stats, Lab, Sniffer, VIP};
 use std::time::Duration;
 
-fn director_config(lab: &Lab, method: &str, n_rs: usize) -> std::path::PathBuf {
+fn director_config(lab: &Lab, method: &str, n_rs: usize, rport: u16) -> std::path::PathBuf {
     let mut t = format!(
         "[director]\ninterface = \"d0\"\nworkers = 2\nstats_file = \"{}\"\nstats_interval_ms = 100\n\n\
          [[service]]\nvip = \"{VIP}\"\nport = 80\nscheduler = \"rr\"\n",
@@ -17,7 +17,7 @@ fn director_config(lab: &Lab, method: &str, n_rs: usize) -> std::path::PathBuf {
     );
     for i in 1..=n_rs {
         t += &format!(
-            "[[service.real_server]]\naddress = \"10.201.2.{}\"\nmethod = \"{method}\"\n",
+            "[[service.real_server]]\naddress = \"10.201.2.{}\"\nmethod = \"{method}\"\nport = {rport}\n",
             10 + i
         );
     }
@@ -27,11 +27,13 @@ fn director_config(lab: &Lab, method: &str, n_rs: usize) -> std::path::PathBuf {
 }
 
 fn run_case(method: &str) {
+    let nat = method == "nat";
+    let rport = if nat { 8080 } else { 80 };
     let mut lab = Lab::new(&method[..1]);
-    lab.build(2);
+    lab.build_with(2, nat);
     for i in 1..=2 {
         let role = format!("rs{i}");
-        lab.http_server(&role, &format!("hello from rs{i}\n"));
+        lab.http_server_on(&role, rport, &format!("hello from rs{i}\n"));
         if method == "tun" {
             lab.spawn(
                 &role,
@@ -41,7 +43,7 @@ fn run_case(method: &str) {
             );
         }
     }
-    let cfg = director_config(&lab, method, 2);
+    let cfg = director_config(&lab, method, 2, rport);
     let sniff = Sniffer::start(&lab.ns("dir"), "d0", [10, 201, 2, 100]);
     lab.spawn(
         "dir",
@@ -84,7 +86,13 @@ fn run_case(method: &str) {
         "{method}: director port saw {to_vip} frames to the VIP, {from_vip} from it; stats {st:?}"
     );
     assert!(to_vip >= 6, "requests must reach the director ({to_vip})");
-    assert_eq!(from_vip, 0, "replies must bypass the director");
+    if nat {
+        // Replies come back through the director, rewritten to the VIP.
+        assert!(st.get("nat_replies").copied().unwrap_or(0) >= 4, "{st:?}");
+        assert!(st.get("tx_frames").copied().unwrap_or(0) >= 10, "{st:?}");
+    } else {
+        assert_eq!(from_vip, 0, "replies must bypass the director");
+    }
     assert!(st.get("tx_frames").copied().unwrap_or(0) >= 6, "{st:?}");
     assert!(st.get("arp_replies").copied().unwrap_or(0) >= 1, "{st:?}");
     assert_eq!(
@@ -104,4 +112,10 @@ fn dr_http_through_director_replies_bypass() {
 fn tun_http_through_director_replies_bypass() {
     skip_unless_lab!();
     run_case("tun");
+}
+
+#[test]
+fn nat_http_through_director_both_ways() {
+    skip_unless_lab!();
+    run_case("nat");
 }

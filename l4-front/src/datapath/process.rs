@@ -11,7 +11,6 @@ use crate::conn::{ConnKey, ConnState, Event, Hit, RevKey, Target};
 use crate::packet::parse::{self, icmp_is_error, parse_icmp_quote, ETH_HLEN};
 use crate::packet::rewrite::{self, NatSide, TUN_OVERHEAD};
 use crate::packet::{DropReason, Frame, Ipv4, L4};
-use crate::sched::{self, Scheduler};
 use crate::service::Shared;
 use crate::stats::{Counter, WorkerStats};
 
@@ -30,11 +29,10 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
-/// One worker's packet processor: its own schedulers (share nothing), its
-/// own output buffer and statistics block, the shared tables read-only.
+/// One worker's packet processor: its own output buffer and statistics
+/// block; the shared tables (services, connection table) behind an Arc.
 pub struct Processor {
     shared: Arc<Shared>,
-    scheds: Vec<Box<dyn Scheduler>>,
     stats: Arc<WorkerStats>,
     out: Vec<u8>,
     ip_id: u16,
@@ -42,17 +40,8 @@ pub struct Processor {
 
 impl Processor {
     pub fn new(shared: Arc<Shared>, stats: Arc<WorkerStats>) -> Self {
-        let scheds = shared
-            .services
-            .iter()
-            .map(|s| {
-                sched::by_name(&s.cfg.scheduler, &s.servers)
-                    .unwrap_or_else(|| Box::new(sched::RoundRobin::default()))
-            })
-            .collect();
         Processor {
             shared,
-            scheds,
             stats,
             out: vec![0u8; OUT_BUF],
             ip_id: 1,
@@ -65,13 +54,6 @@ impl Processor {
 
     pub fn stats(&self) -> &Arc<WorkerStats> {
         &self.stats
-    }
-
-    /// Rebuilds the schedulers' tables (after weight or health changes).
-    pub fn rebuild(&mut self) {
-        for (s, svc) in self.scheds.iter_mut().zip(&self.shared.services) {
-            s.rebuild(&svc.servers);
-        }
     }
 
     /// Processes one frame; `csum_partial` says the kernel left the L4
@@ -148,10 +130,9 @@ impl Processor {
         cmac.copy_from_slice(&frame[6..12]);
         let shared = &*self.shared;
         let service = &shared.services[svc as usize];
-        let sched = &mut self.scheds[svc as usize];
         let hit = shared.table.track(key, ev, now, cmac, || {
-            let rs = sched
-                .pick(&service.servers, ip.src, sport)
+            let rs = service
+                .pick(ip.src, sport)
                 .ok_or(DropReason::NoRealServer)?;
             let r = &service.servers[rs];
             Ok(Target {

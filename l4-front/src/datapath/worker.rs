@@ -14,15 +14,8 @@ use crate::stats::Counter;
 /// (GRO super-frames included, which are then dropped as oversize).
 const RX_BUF: usize = 65_536 + 256;
 
-pub fn run(
-    sock: PacketSocket,
-    mut proc: Processor,
-    clock: Arc<AtomicU32>,
-    stop: Arc<AtomicBool>,
-    rebuild: Arc<AtomicU32>,
-) {
+pub fn run(sock: PacketSocket, mut proc: Processor, clock: Arc<AtomicU32>, stop: Arc<AtomicBool>) {
     let mut buf = vec![0u8; RX_BUF];
-    let mut seen_rebuild = rebuild.load(Ordering::Relaxed);
     while !stop.load(Ordering::Relaxed) {
         let meta = match sock.recv(&mut buf) {
             Ok(Some(m)) => m,
@@ -33,11 +26,6 @@ pub fn run(
                 continue;
             }
         };
-        let gen = rebuild.load(Ordering::Relaxed);
-        if gen != seen_rebuild {
-            seen_rebuild = gen;
-            proc.rebuild();
-        }
         if meta.truncated {
             proc.stats().count_drop(DropReason::Oversize);
             continue;

@@ -129,8 +129,14 @@ impl Lab {
         self.run(rb, &["ip", "link", "set", b, "up"]);
     }
 
-    /// Builds the whole topology with `n_rs` real servers.
+    /// Builds the whole topology with `n_rs` DR/TUN real servers.
     pub fn build(&mut self, n_rs: usize) {
+        self.build_with(n_rs, false)
+    }
+
+    /// Builds the topology; with `nat` the real servers route through the
+    /// director and do not hold the VIP.
+    pub fn build_with(&mut self, n_rs: usize, nat: bool) {
         for r in ["cl", "rt", "br", "dir"] {
             self.add_ns(r);
         }
@@ -178,11 +184,16 @@ impl Lab {
             self.veth(&role, "e0", "br", &port);
             let addr = format!("10.201.2.{}/24", 10 + i);
             self.run(&role, &["ip", "addr", "add", &addr, "dev", "e0"]);
-            self.run(
-                &role,
-                &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"],
-            );
-            self.run(&role, &["ip", "route", "add", "default", "via", ROUTER_LAN]);
+            if nat {
+                self.run(
+                    &role,
+                    &["ip", "route", "add", "default", "via", DIRECTOR_IP],
+                );
+            } else {
+                let vip = format!("{VIP}/32");
+                self.run(&role, &["ip", "addr", "add", &vip, "dev", "lo"]);
+                self.run(&role, &["ip", "route", "add", "default", "via", ROUTER_LAN]);
+            }
             for kv in [
                 "net.ipv4.conf.all.arp_ignore=1",
                 "net.ipv4.conf.all.arp_announce=2",
@@ -226,6 +237,11 @@ impl Lab {
     /// A tiny HTTP/1.0 server on 0.0.0.0:80 in namespace `role` answering
     /// every request with `body`.
     pub fn http_server(&mut self, role: &str, body: &str) {
+        self.http_server_on(role, 80, body)
+    }
+
+    /// The same on `port`.
+    pub fn http_server_on(&mut self, role: &str, port: u16, body: &str) {
         let ns = self.ns(role);
         let body = body.to_string();
         let stop = Arc::new(AtomicBool::new(false));
@@ -233,7 +249,7 @@ impl Lab {
         let (tx, rx) = std::sync::mpsc::channel();
         let h = std::thread::spawn(move || {
             enter_netns(&ns);
-            let l = TcpListener::bind("0.0.0.0:80").expect("bind :80");
+            let l = TcpListener::bind(("0.0.0.0", port)).expect("bind");
             l.set_nonblocking(true).expect("nonblocking");
             tx.send(()).ok();
             while !st.load(Ordering::Relaxed) {
@@ -279,6 +295,10 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::env::var_os("L4_KEEP_LAB").is_some() {
+            eprintln!("L4_KEEP_LAB: leaving namespaces {}-*", self.prefix);
+            return;
+        }
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
