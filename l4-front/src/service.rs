@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::config::{Config, Method, ServiceConfig};
-use crate::conn::ConnTable;
+use crate::conn::{ConnKey, ConnTable};
 use crate::hash::SeededState;
 use crate::sched::{self, RealServer, Scheduler};
 
@@ -141,8 +141,33 @@ impl Shared {
         self.services.iter().map(|s| s.servers.len()).collect()
     }
 
-    /// Called by the slow timer for every expired connection.
+    /// The persistence template key of client `caddr` for service `svc`:
+    /// <proto, client address & netmask, 0, VIP, port>. The protocol's top
+    /// bit is set so no real connection (even from port 0) can collide.
+    pub fn template_key(&self, svc: u16, caddr: u32) -> ConnKey {
+        let s = &self.services[svc as usize].cfg;
+        let mask = match s.persistence_netmask {
+            0 => 0,
+            n => u32::MAX << (32 - n as u32),
+        };
+        ConnKey {
+            caddr: caddr & mask,
+            vaddr: u32::from(s.vip),
+            cport: 0,
+            vport: s.port,
+            proto: s.proto | 0x80,
+        }
+    }
+
+    /// Called by the slow timer for every expired entry.
     pub fn on_expire(&self, c: &crate::conn::Conn) {
+        if c.state == crate::conn::ConnState::Template {
+            return;
+        }
+        if c.persistent {
+            self.table
+                .release_template(&self.template_key(c.svc, c.key.caddr));
+        }
         if let Some(rs) = self
             .services
             .get(c.svc as usize)

@@ -18,6 +18,8 @@ pub enum ConnState {
     Close,
     /// UDP (and other portless or connectionless protocols).
     Udp,
+    /// A persistence template (§5.2.6), not a connection.
+    Template,
 }
 
 impl ConnState {
@@ -34,6 +36,7 @@ impl ConnState {
             Self::FinWait => "FIN_WAIT",
             Self::Close => "CLOSE",
             Self::Udp => "UDP",
+            Self::Template => "TEMPLATE",
         }
     }
 }
@@ -68,6 +71,8 @@ impl Timeouts {
             ConnState::FinWait => self.tcp_fin,
             ConnState::Close => self.tcp_close,
             ConnState::Udp => self.udp,
+            // Templates carry their own timeout (the service's persistence).
+            ConnState::Template => self.udp,
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct Target {
     pub rport: u16,
     /// VS/NAT: also index the entry by the reply direction.
     pub nat: bool,
+    /// Created through a persistence template (release it on expiry).
+    pub persistent: bool,
 }
 
 /// One tracked connection. Kept well under the thesis' 128 bytes.
@@ -64,6 +66,10 @@ pub struct Conn {
     pub rs: u16,
     pub state: ConnState,
     pub nat: bool,
+    pub persistent: bool,
+    /// Templates: connections using it, and its timeout in seconds.
+    pub refs: u32,
+    pub timeout: u32,
     /// Ethernet source of the client's packets (the router): where VS/NAT
     /// replies are sent.
     pub cmac: [u8; 6],
@@ -77,6 +83,7 @@ impl Conn {
             raddr: self.raddr,
             rport: self.rport,
             nat: self.nat,
+            persistent: self.persistent,
         }
     }
     fn rev_key(&self) -> RevKey {
@@ -238,6 +245,9 @@ impl ConnTable {
             rs: target.rs,
             state,
             nat: target.nat,
+            persistent: target.persistent,
+            refs: 0,
+            timeout: 0,
             cmac,
         };
         let id = sh.conns.insert(conn) as u32;
@@ -269,33 +279,99 @@ impl ConnTable {
     }
 
     /// Runs the slow timer up to `now`: every entry whose deadline passed is
-    /// removed and passed to `on_expire` (to fix the real-server counters).
+    /// removed and passed to `on_expire` (to fix the real-server counters and
+    /// release templates), outside the shard lock. A template still used by
+    /// connections is held open for another persistence period.
     pub fn expire(&self, now: u32, mut on_expire: impl FnMut(&Conn)) -> usize {
         let mut removed = 0;
+        let mut gone = Vec::new();
         for shard in self.shards.iter() {
             let mut guard = lock(shard);
             let sh = &mut *guard;
             let mut due = Vec::new();
             sh.wheel.advance(now as u64, |id| due.push(id));
             for id in due {
-                let Some(c) = sh.conns.get(id as usize).copied() else {
+                let Some(c) = sh.conns.get_mut(id as usize) else {
                     continue;
                 };
+                if c.state == ConnState::Template && c.refs > 0 && c.expires <= now {
+                    c.expires = now.saturating_add(c.timeout.max(1));
+                }
                 if c.expires > now {
                     sh.wheel.schedule(id, c.expires as u64);
                     continue;
                 }
-                sh.conns.remove(id as usize);
+                let c = sh.conns.remove(id as usize);
                 sh.map.remove(&c.key);
-                if c.nat {
+                if c.nat && c.state != ConnState::Template {
                     lock(self.rev_shard(&c.rev_key())).remove(&c.rev_key());
                 }
                 removed += 1;
+                gone.push(c);
+            }
+            drop(guard);
+            for c in gone.drain(..) {
                 on_expire(&c);
             }
         }
         self.len.fetch_sub(removed, Ordering::Relaxed);
         removed
+    }
+
+    /// Persistence (§5.2.6): the template for `tkey` (created through
+    /// `schedule` when absent), with one more connection using it and its
+    /// expiry pushed to at least `now + timeout`.
+    pub fn track_template(
+        &self,
+        tkey: ConnKey,
+        now: u32,
+        timeout: u32,
+        schedule: impl FnOnce() -> Result<Target, DropReason>,
+    ) -> Result<Target, DropReason> {
+        let mut guard = lock(self.shard(&tkey));
+        let sh = &mut *guard;
+        let expires = now.saturating_add(timeout);
+        if let Some(&id) = sh.map.get(&tkey) {
+            if let Some(c) = sh.conns.get_mut(id as usize) {
+                c.refs = c.refs.saturating_add(1);
+                c.expires = c.expires.max(expires);
+                return Ok(c.target());
+            }
+        }
+        if sh.conns.len() >= self.per_shard_max {
+            return Err(DropReason::TableFull);
+        }
+        let target = schedule()?;
+        let conn = Conn {
+            key: tkey,
+            raddr: target.raddr,
+            expires,
+            packets: 0,
+            rport: target.rport,
+            svc: target.svc,
+            rs: target.rs,
+            state: ConnState::Template,
+            nat: target.nat,
+            persistent: false,
+            refs: 1,
+            timeout,
+            cmac: [0; 6],
+        };
+        let id = sh.conns.insert(conn) as u32;
+        sh.map.insert(tkey, id);
+        sh.wheel.schedule(id, expires as u64);
+        self.len.fetch_add(1, Ordering::Relaxed);
+        Ok(target)
+    }
+
+    /// One connection fewer uses the template `tkey`.
+    pub fn release_template(&self, tkey: &ConnKey) {
+        let mut sh = lock(self.shard(tkey));
+        if let Some(&id) = sh.map.get(tkey) {
+            if let Some(c) = sh.conns.get_mut(id as usize) {
+                c.refs = c.refs.saturating_sub(1);
+            }
+        }
     }
 
     /// Calls `f` on a copy of every entry (for listing; locks one shard at a
@@ -345,6 +421,7 @@ mod tests {
             raddr: 0x0ac9_020b + rs as u32,
             rport: 80,
             nat: false,
+            persistent: false,
         })
     }
 
@@ -425,6 +502,35 @@ mod tests {
             t.track(key(99), Event::Tcp(TCP_SYN), 0, [0; 6], || target(0)),
             Err(DropReason::TableFull)
         );
+    }
+
+    #[test]
+    fn templates_are_held_open_while_used() {
+        let t = ConnTable::new(4, 100, Timeouts::default(), 5);
+        let tk = ConnKey {
+            caddr: 0x0ac9_0100,
+            vaddr: 1,
+            cport: 0,
+            vport: 80,
+            proto: 0x86,
+        };
+        let a = t.track_template(tk, 0, 300, || target(2)).unwrap();
+        let b = t
+            .track_template(tk, 10, 300, || panic!("rescheduled"))
+            .unwrap();
+        assert_eq!((a.rs, b.rs), (2, 2));
+        t.release_template(&tk);
+        // Still one user at 310: held open.
+        t.expire(400, |_| {});
+        assert!(t.get(&tk).is_some());
+        t.release_template(&tk);
+        let mut gone = 0;
+        t.expire(800, |c| {
+            assert_eq!(c.state, ConnState::Template);
+            gone += 1
+        });
+        assert_eq!(gone, 1);
+        assert!(t.is_empty());
     }
 
     #[test]

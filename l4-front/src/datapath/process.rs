@@ -130,7 +130,7 @@ impl Processor {
         cmac.copy_from_slice(&frame[6..12]);
         let shared = &*self.shared;
         let service = &shared.services[svc as usize];
-        let hit = shared.table.track(key, ev, now, cmac, || {
+        let schedule = || {
             let rs = service
                 .pick(ip.src, sport)
                 .ok_or(DropReason::NoRealServer)?;
@@ -141,8 +141,41 @@ impl Processor {
                 raddr: r.addr,
                 rport: r.port,
                 nat: service.methods[rs] == Method::Nat,
+                persistent: false,
             })
-        });
+        };
+        let hit = if service.cfg.persistence == 0 {
+            shared.table.track(key, ev, now, cmac, schedule)
+        } else {
+            // §5.2.6: an existing connection goes on as before; a new one
+            // follows (or creates) its client's template.
+            let mut new_conn = false;
+            match shared.table.track(key, ev, now, cmac, || {
+                new_conn = true;
+                Err(DropReason::NoRealServer)
+            }) {
+                Err(_) if new_conn => {
+                    let tkey = shared.template_key(svc, ip.src);
+                    let persist = service.cfg.persistence;
+                    match shared.table.track_template(tkey, now, persist, schedule) {
+                        Ok(t) => {
+                            let r = shared.table.track(key, ev, now, cmac, || {
+                                Ok(Target {
+                                    persistent: true,
+                                    ..t
+                                })
+                            });
+                            if !matches!(r, Ok(Hit { created: true, .. })) {
+                                shared.table.release_template(&tkey);
+                            }
+                            r
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                other => other,
+            }
+        };
         let hit = match hit {
             Ok(h) => h,
             Err(r) => return Verdict::Drop(r),
