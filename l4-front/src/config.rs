@@ -79,6 +79,11 @@ pub mod raw {
         pub scheduler: Option<String>,
         pub persistence: Option<u32>,
         pub persistence_netmask: Option<u8>,
+        pub health_check: Option<String>,
+        pub health_interval_ms: Option<u64>,
+        pub health_timeout_ms: Option<u64>,
+        pub health_fall: Option<u32>,
+        pub health_rise: Option<u32>,
         #[serde(default)]
         pub real_server: Vec<RealServer>,
     }
@@ -92,6 +97,25 @@ pub mod raw {
         pub method: Option<String>,
         pub mac: Option<String>,
     }
+}
+
+/// How real servers of a service are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthCheck {
+    None,
+    /// A TCP connect to the real server's address and port.
+    Tcp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub kind: HealthCheck,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Consecutive failures before a server is taken out.
+    pub fall: u32,
+    /// Consecutive successes before it is put back.
+    pub rise: u32,
 }
 
 /// Forwarding method of a real server (ipvsadm `-g`, `-i`, `-m`).
@@ -150,6 +174,7 @@ pub struct ServiceConfig {
     pub persistence: u32,
     /// Client netmask prefix length for persistence.
     pub persistence_netmask: u8,
+    pub health: HealthConfig,
     pub real_servers: Vec<RealServerConfig>,
 }
 
@@ -280,6 +305,42 @@ impl Config {
             if persistence_netmask > 32 {
                 return Err(bad(f("persistence_netmask"), "a prefix length 0-32"));
             }
+            let kind = match s.health_check.as_deref().unwrap_or("none") {
+                "none" => HealthCheck::None,
+                "tcp" => HealthCheck::Tcp,
+                other => {
+                    return Err(bad(
+                        f("health_check"),
+                        format!("unknown {other:?} (none, tcp)"),
+                    ))
+                }
+            };
+            let interval_ms = s.health_interval_ms.unwrap_or(2000);
+            if !(50..=3_600_000).contains(&interval_ms) {
+                return Err(bad(f("health_interval_ms"), "outside 50-3600000"));
+            }
+            let timeout_ms = s.health_timeout_ms.unwrap_or(1000);
+            if timeout_ms == 0 || timeout_ms > interval_ms {
+                return Err(bad(
+                    f("health_timeout_ms"),
+                    "must be 1..=health_interval_ms",
+                ));
+            }
+            let fall = s.health_fall.unwrap_or(2);
+            let rise = s.health_rise.unwrap_or(2);
+            if fall == 0 {
+                return Err(bad(f("health_fall"), "must be at least 1"));
+            }
+            if rise == 0 {
+                return Err(bad(f("health_rise"), "must be at least 1"));
+            }
+            let health = HealthConfig {
+                kind,
+                interval_ms,
+                timeout_ms,
+                fall,
+                rise,
+            };
             if s.real_server.len() > u16::MAX as usize {
                 return Err(bad(f("real_server"), "too many real servers"));
             }
@@ -341,6 +402,7 @@ impl Config {
                 scheduler,
                 persistence: s.persistence.unwrap_or(0),
                 persistence_netmask,
+                health,
                 real_servers: rss,
             });
         }
@@ -397,6 +459,11 @@ mod tests {
         assert!(err(&GOOD.replace("port = 80", "port = 0")).starts_with("service[0].port"));
         assert!(err(&GOOD.replace("interface = \"eth0\"", "")).starts_with("director.interface"));
         assert!(err(&format!("{GOOD}\n[timeouts]\ntcp_syn = 0\n")).starts_with("timeouts.tcp_syn"));
+        let e = err(&GOOD.replace(
+            "scheduler = \"wrr\"",
+            "scheduler = \"wrr\"\nhealth_check = \"icmp\"",
+        ));
+        assert!(e.starts_with("service[0].health_check"), "{e}");
         let e = err(&GOOD.replace("method = \"tun\"", "method = \"tun\"\nport = 8080"));
         assert!(e.starts_with("service[0].real_server[1].port"), "{e}");
         // Unknown keys are refused by the raw layer, with the key's name.

@@ -76,6 +76,13 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
             .map_err(RunError::Spawn)?;
         handles.push(h);
     }
+    let health = {
+        let (sh, st) = (shared.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("l4-health".into())
+            .spawn(move || crate::health::run(sh, st))
+            .map_err(RunError::Spawn)?
+    };
     tracing::info!(
         interface = %iface,
         mac = %crate::packet::fmt_mac(&mac),
@@ -117,6 +124,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
     for h in handles {
         let _ = h.join();
     }
+    let _ = health.join();
     write_stats(&cfg, &shared, &stats);
     tracing::info!("l4-front stopped");
     Ok(())

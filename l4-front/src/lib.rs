@@ -11,6 +11,7 @@ pub mod datapath;
 pub mod decap;
 pub mod director;
 pub mod hash;
+pub mod health;
 pub mod packet;
 pub mod sched;
 pub mod service;

@@ -9,10 +9,16 @@ mod common;
 use common::{http_get, stats, Lab, Sniffer, VIP};
 use std::time::Duration;
 
-fn director_config(lab: &Lab, method: &str, n_rs: usize, rport: u16) -> std::path::PathBuf {
+fn director_config(
+    lab: &Lab,
+    method: &str,
+    n_rs: usize,
+    rport: u16,
+    extra: &str,
+) -> std::path::PathBuf {
     let mut t = format!(
         "[director]\ninterface = \"d0\"\nworkers = 2\nstats_file = \"{}\"\nstats_interval_ms = 100\n\n\
-         [[service]]\nvip = \"{VIP}\"\nport = 80\nscheduler = \"rr\"\n",
+         [[service]]\nvip = \"{VIP}\"\nport = 80\nscheduler = \"rr\"\n{extra}\n",
         lab.dir.join("stats").display()
     );
     for i in 1..=n_rs {
@@ -43,7 +49,7 @@ fn run_case(method: &str) {
             );
         }
     }
-    let cfg = director_config(&lab, method, 2, rport);
+    let cfg = director_config(&lab, method, 2, rport, "");
     let sniff = Sniffer::start(&lab.ns("dir"), "d0", [10, 201, 2, 100]);
     lab.spawn(
         "dir",
@@ -118,4 +124,56 @@ fn tun_http_through_director_replies_bypass() {
 fn nat_http_through_director_both_ways() {
     skip_unless_lab!();
     run_case("nat");
+}
+
+/// Health checks: a real server whose service stops is taken out (all new
+/// connections go to the other) and put back when it returns.
+#[test]
+fn dr_real_server_fails_and_returns() {
+    skip_unless_lab!();
+    let mut lab = Lab::new("h");
+    lab.build(2);
+    lab.http_server("rs1", "hello from rs1\n");
+    lab.http_server("rs2", "hello from rs2\n");
+    let cfg = director_config(
+        &lab,
+        "dr",
+        2,
+        80,
+        "health_check = \"tcp\"\nhealth_interval_ms = 150\nhealth_timeout_ms = 100\nhealth_fall = 1\nhealth_rise = 1",
+    );
+    lab.spawn(
+        "dir",
+        "l4-front",
+        &[
+            env!("CARGO_BIN_EXE_l4-front"),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let stats_path = lab.dir.join("stats");
+    lab.wait_for_file(&stats_path, "l4-front", "l4-front");
+    let vip = format!("{VIP}:80").parse().unwrap();
+    let get = |lab: &Lab| -> String {
+        let r =
+            http_get(&lab.ns("cl"), vip).unwrap_or_else(|e| panic!("{e}\n{}", lab.log("l4-front")));
+        r.lines().last().unwrap_or_default().to_string()
+    };
+    let mut seen: Vec<String> = (0..2).map(|_| get(&lab)).collect();
+    seen.sort();
+    assert_eq!(seen, ["hello from rs1", "hello from rs2"]);
+
+    lab.stop_http_server("rs2");
+    std::thread::sleep(Duration::from_millis(600));
+    for _ in 0..4 {
+        assert_eq!(get(&lab), "hello from rs1", "rs2 is down");
+    }
+    assert!(lab.log("l4-front").contains("real server down"));
+
+    lab.http_server("rs2", "hello from rs2\n");
+    std::thread::sleep(Duration::from_millis(600));
+    let mut seen: Vec<String> = (0..2).map(|_| get(&lab)).collect();
+    seen.sort();
+    assert_eq!(seen, ["hello from rs1", "hello from rs2"], "rs2 is back");
 }

@@ -61,7 +61,7 @@ pub struct Lab {
     pub prefix: String,
     namespaces: Vec<String>,
     children: Vec<Child>,
-    servers: Vec<(Arc<AtomicBool>, JoinHandle<()>)>,
+    servers: Vec<(String, Arc<AtomicBool>, JoinHandle<()>)>,
     pub dir: PathBuf,
 }
 
@@ -276,7 +276,16 @@ impl Lab {
             }
         });
         rx.recv_timeout(Duration::from_secs(5)).expect("server up");
-        self.servers.push((stop, h));
+        self.servers.push((role.to_string(), stop, h));
+    }
+
+    /// Stops (closes the listener of) the HTTP server in namespace `role`.
+    pub fn stop_http_server(&mut self, role: &str) {
+        while let Some(i) = self.servers.iter().position(|(r, _, _)| r == role) {
+            let (_, s, h) = self.servers.remove(i);
+            s.store(true, Ordering::Relaxed);
+            let _ = h.join();
+        }
     }
 
     /// Waits until `file` exists (a started daemon's first stats write).
@@ -303,10 +312,10 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for (s, _) in &self.servers {
+        for (_, s, _) in &self.servers {
             s.store(true, Ordering::Relaxed);
         }
-        for (_, h) in self.servers.drain(..) {
+        for (_, _, h) in self.servers.drain(..) {
             let _ = h.join();
         }
         for ns in self.namespaces.iter().rev() {
