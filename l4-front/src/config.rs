@@ -58,6 +58,7 @@ pub mod raw {
         pub shards: Option<usize>,
         pub stats_file: Option<String>,
         pub stats_interval_ms: Option<u64>,
+        pub control_socket: Option<String>,
     }
 
     #[derive(Debug, Deserialize, Default)]
@@ -153,6 +154,8 @@ pub struct Director {
     pub shards: usize,
     pub stats_file: Option<PathBuf>,
     pub stats_interval_ms: u64,
+    /// Unix socket for `l4adm` (none = no runtime control).
+    pub control_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -255,6 +258,7 @@ impl Config {
             shards,
             stats_file: d.stats_file.map(PathBuf::from),
             stats_interval_ms: d.stats_interval_ms.unwrap_or(1000).max(50),
+            control_socket: d.control_socket.map(PathBuf::from),
         };
 
         let t = raw.timeouts.unwrap_or_default();

@@ -83,6 +83,25 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
             .spawn(move || crate::health::run(sh, st))
             .map_err(RunError::Spawn)?
     };
+    let control = match cfg.director.control_socket.clone() {
+        Some(path) => {
+            let (sh, st) = (shared.clone(), stop.clone());
+            let (cfg2, stats2, sh2) = (cfg.clone(), stats.clone(), shared.clone());
+            let render: Box<dyn Fn() -> String + Send> =
+                Box::new(move || render_stats(&cfg2, &sh2, &stats2));
+            Some(
+                std::thread::Builder::new()
+                    .name("l4-control".into())
+                    .spawn(move || {
+                        if let Err(e) = crate::control::serve(&path, sh, render, st) {
+                            tracing::error!(error = %e, path = %path.display(), "control socket");
+                        }
+                    })
+                    .map_err(RunError::Spawn)?,
+            )
+        }
+        None => None,
+    };
     tracing::info!(
         interface = %iface,
         mac = %crate::packet::fmt_mac(&mac),
@@ -125,6 +144,9 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
         let _ = h.join();
     }
     let _ = health.join();
+    if let Some(c) = control {
+        let _ = c.join();
+    }
     write_stats(&cfg, &shared, &stats);
     tracing::info!("l4-front stopped");
     Ok(())
@@ -177,10 +199,7 @@ fn resolve_macs(shared: &Shared, wait: Duration) -> bool {
     }
 }
 
-fn write_stats(cfg: &Config, shared: &Shared, stats: &[Arc<WorkerStats>]) {
-    let Some(path) = &cfg.director.stats_file else {
-        return;
-    };
+fn render_stats(_cfg: &Config, shared: &Shared, stats: &[Arc<WorkerStats>]) -> String {
     let snap = Snapshot::collect(stats);
     let labels: Vec<String> = shared.services.iter().map(|s| s.label()).collect();
     let rs_labels: Vec<Vec<String>> = shared
@@ -193,11 +212,32 @@ fn write_stats(cfg: &Config, shared: &Shared, stats: &[Arc<WorkerStats>]) {
                 .collect()
         })
         .collect();
-    let text = snap.render(
+    let mut text = snap.render(
         &labels,
         &rs_labels,
         &[("connections", shared.table.len() as u64)],
     );
+    for ((s, l), rls) in shared.services.iter().zip(&labels).zip(&rs_labels) {
+        for (r, rl) in s.servers.iter().zip(rls) {
+            let _ = std::fmt::Write::write_fmt(
+                &mut text,
+                format_args!(
+                    "rs.{l}.{rl}.active {}\nrs.{l}.{rl}.inactive {}\nrs.{l}.{rl}.up {}\n",
+                    r.active.load(Ordering::Relaxed),
+                    r.inactive.load(Ordering::Relaxed),
+                    r.is_up() as u8
+                ),
+            );
+        }
+    }
+    text
+}
+
+fn write_stats(cfg: &Config, shared: &Shared, stats: &[Arc<WorkerStats>]) {
+    let Some(path) = &cfg.director.stats_file else {
+        return;
+    };
+    let text = render_stats(cfg, shared, stats);
     let tmp = path.with_extension("tmp");
     if std::fs::write(&tmp, text).is_ok() {
         let _ = std::fs::rename(&tmp, path);

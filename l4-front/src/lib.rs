@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod control;
 pub mod datapath;
 pub mod decap;
 pub mod director;

@@ -177,3 +177,72 @@ fn dr_real_server_fails_and_returns() {
     seen.sort();
     assert_eq!(seen, ["hello from rs1", "hello from rs2"], "rs2 is back");
 }
+
+/// `l4adm` against the running director: `-L -n` lists the service and its
+/// servers; `-e … -w 0` drains one, so new connections go to the other.
+#[test]
+fn dr_l4adm_list_and_drain() {
+    skip_unless_lab!();
+    let mut lab = Lab::new("a");
+    lab.build(2);
+    lab.http_server("rs1", "hello from rs1\n");
+    lab.http_server("rs2", "hello from rs2\n");
+    let sock = lab.dir.join("ctl.sock");
+    let extra = String::new();
+    let cfg = director_config(&lab, "dr", 2, 80, &extra);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[director]\n",
+        &format!("[director]\ncontrol_socket = \"{}\"\n", sock.display()),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    lab.spawn(
+        "dir",
+        "l4-front",
+        &[
+            env!("CARGO_BIN_EXE_l4-front"),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        &[],
+    );
+    lab.wait_for_file(&lab.dir.join("stats"), "l4-front", "l4-front");
+    lab.wait_for_file(&sock, "control socket", "l4-front");
+    let l4adm = |args: &[&str]| -> String {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_l4adm"))
+            .arg("--socket")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .expect("l4adm");
+        assert!(
+            o.status.success(),
+            "l4adm {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let vip = format!("{VIP}:80").parse().unwrap();
+    http_get(&lab.ns("cl"), vip).expect("first request");
+    let l = l4adm(&["-L", "-n"]);
+    assert!(l.contains("TCP  10.201.2.100:80 rr"), "{l}");
+    assert!(
+        l.contains("10.201.2.11:80") && l.contains("10.201.2.12:80"),
+        "{l}"
+    );
+    assert!(l.contains("Route"), "{l}");
+    l4adm(&[
+        "-e",
+        "-t",
+        "10.201.2.100:80",
+        "-r",
+        "10.201.2.12:80",
+        "-w",
+        "0",
+    ]);
+    for _ in 0..3 {
+        let r = http_get(&lab.ns("cl"), vip).expect("request");
+        assert!(r.ends_with("hello from rs1\n"), "rs2 drained: {r}");
+    }
+    let s = l4adm(&["-L", "-n", "--stats"]);
+    assert!(s.contains("service.10.201.2.100:80/tcp.conns 4"), "{s}");
+}
