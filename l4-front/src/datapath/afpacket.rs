@@ -205,6 +205,114 @@ impl PacketSocket {
         }))
     }
 
+    /// Receives up to `bufs.len()` frames with one `recvmmsg` (waiting, up
+    /// to the socket timeout, for the first only); fills `meta` and returns
+    /// the count (0 on timeout or EINTR).
+    pub fn recv_batch(&self, bufs: &mut [Vec<u8>], meta: &mut [RxMeta]) -> io::Result<usize> {
+        const MAX: usize = 64;
+        let n = bufs.len().min(meta.len()).min(MAX);
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut cbufs = [[0u64; 8]; MAX];
+        // SAFETY: iovec/mmsghdr are plain data; zeroed is valid, and every
+        // pointer set below refers to a live buffer for the whole call.
+        let mut iovs: [libc::iovec; MAX] = unsafe { zeroed() };
+        let mut hdrs: [libc::mmsghdr; MAX] = unsafe { zeroed() };
+        for i in 0..n {
+            iovs[i] = libc::iovec {
+                iov_base: bufs[i].as_mut_ptr().cast(),
+                iov_len: bufs[i].len(),
+            };
+            hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+            hdrs[i].msg_hdr.msg_iovlen = 1;
+            hdrs[i].msg_hdr.msg_control = cbufs[i].as_mut_ptr().cast();
+            hdrs[i].msg_hdr.msg_controllen = size_of::<[u64; 8]>() as _;
+        }
+        // SAFETY: hdrs[..n] are initialised as above.
+        let r = unsafe {
+            libc::recvmmsg(
+                self.fd.as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                (libc::MSG_TRUNC | libc::MSG_WAITFORONE) as _,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock
+                | io::ErrorKind::TimedOut
+                | io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(e),
+            };
+        }
+        let r = r as usize;
+        for i in 0..r {
+            let len = hdrs[i].msg_len as usize;
+            let mut csum_partial = false;
+            // SAFETY: walking control messages the kernel wrote into
+            // cbufs[i] with the CMSG_* helpers, reading unaligned.
+            unsafe {
+                let msg = &hdrs[i].msg_hdr;
+                let mut c = libc::CMSG_FIRSTHDR(msg);
+                while !c.is_null() {
+                    if (*c).cmsg_level == SOL_PACKET && (*c).cmsg_type == PACKET_AUXDATA {
+                        let aux: TpacketAuxdata =
+                            std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const TpacketAuxdata);
+                        csum_partial = aux.tp_status & TP_STATUS_CSUMNOTREADY != 0;
+                    }
+                    c = libc::CMSG_NXTHDR(msg, c);
+                }
+            }
+            meta[i] = RxMeta {
+                len: len.min(bufs[i].len()),
+                csum_partial,
+                truncated: len > bufs[i].len(),
+            };
+        }
+        Ok(r)
+    }
+
+    /// Sends the frames with `sendmmsg`; returns how many were sent.
+    pub fn send_batch(&self, frames: &[&[u8]]) -> io::Result<usize> {
+        const MAX: usize = 64;
+        let mut sent = 0;
+        while sent < frames.len() {
+            let chunk = &frames[sent..(sent + MAX).min(frames.len())];
+            // SAFETY: as in recv_batch; the iovecs point at the caller's
+            // frames, which outlive the call (the kernel only reads them).
+            let mut iovs: [libc::iovec; MAX] = unsafe { zeroed() };
+            let mut hdrs: [libc::mmsghdr; MAX] = unsafe { zeroed() };
+            for (i, f) in chunk.iter().enumerate() {
+                iovs[i] = libc::iovec {
+                    iov_base: f.as_ptr() as *mut libc::c_void,
+                    iov_len: f.len(),
+                };
+                hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+                hdrs[i].msg_hdr.msg_iovlen = 1;
+            }
+            // SAFETY: hdrs[..chunk.len()] initialised above.
+            let r = unsafe {
+                libc::sendmmsg(
+                    self.fd.as_raw_fd(),
+                    hdrs.as_mut_ptr(),
+                    chunk.len() as libc::c_uint,
+                    0,
+                )
+            };
+            if r <= 0 {
+                if sent > 0 {
+                    return Ok(sent);
+                }
+                return Err(io::Error::last_os_error());
+            }
+            sent += r as usize;
+        }
+        Ok(sent)
+    }
+
     /// Sends one whole frame out of the bound interface.
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         // SAFETY: frame is a valid slice for the call.

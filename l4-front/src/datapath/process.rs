@@ -56,6 +56,25 @@ impl Processor {
         &self.stats
     }
 
+    /// As [`Processor::process`], but a `SendOutput` frame is built in `out`
+    /// (at least [`OUT_BUF`] bytes) instead of the processor's own buffer,
+    /// so a batch of outputs can be sent with one system call.
+    pub fn process_into(
+        &mut self,
+        frame: &mut [u8],
+        csum_partial: bool,
+        now: u32,
+        out: &mut Vec<u8>,
+    ) -> Verdict {
+        if out.len() < OUT_BUF {
+            out.resize(OUT_BUF, 0);
+        }
+        std::mem::swap(&mut self.out, out);
+        let v = self.process(frame, csum_partial, now);
+        std::mem::swap(&mut self.out, out);
+        v
+    }
+
     /// Processes one frame; `csum_partial` says the kernel left the L4
     /// checksum incomplete (veth offload, `TP_STATUS_CSUMNOTREADY`).
     /// `now` is seconds on the connection table's clock.
