@@ -114,7 +114,31 @@ impl Lab {
         sh(&v).unwrap_or_else(|e| panic!("{e}"));
     }
 
-    fn sysctl(&self, role: &str, kv: &str) {
+    /// Runs a command inside namespace `role` and returns its stdout.
+    pub fn output(&self, role: &str, cmd: &[&str]) -> String {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &self.ns(role)])
+            .args(cmd)
+            .output()
+            .expect("run");
+        assert!(
+            o.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Stops the processes started with [`Lab::spawn`] so far.
+    pub fn stop_children(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.clear();
+    }
+
+    pub fn sysctl(&self, role: &str, kv: &str) {
         self.run(role, &["sysctl", "-q", "-w", kv]);
     }
 
