@@ -42,8 +42,20 @@ pub mod raw {
     pub struct File {
         pub director: Option<Director>,
         pub timeouts: Option<Timeouts>,
+        pub defense: Option<Defense>,
         #[serde(default)]
         pub service: Vec<Service>,
+    }
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Defense {
+        pub drop_entry: Option<u8>,
+        pub drop_packet: Option<u8>,
+        pub secure_tcp: Option<u8>,
+        pub threshold_percent: Option<u8>,
+        pub drop_rate: Option<u32>,
+        pub secure_syn_timeout: Option<u32>,
     }
 
     #[derive(Debug, Deserialize, Default)]
@@ -97,6 +109,47 @@ pub mod raw {
         pub weight: Option<i64>,
         pub method: Option<String>,
         pub mac: Option<String>,
+    }
+}
+
+/// DoS defences (§5.2.9). Each switch: 0 off, 1 or 2 automatic (active
+/// while the connection table holds more than `threshold_percent` of
+/// `max_connections`, the analogue of IPVS' free-memory threshold), 3
+/// always.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Defense {
+    /// Randomly drop half-open (SYN_RECV) entries.
+    pub drop_entry: u8,
+    /// Refuse one new connection in `drop_rate` before scheduling.
+    pub drop_packet: u8,
+    /// Shorter SYN_RECV timeout (`secure_syn_timeout`).
+    pub secure_tcp: u8,
+    pub threshold_percent: u8,
+    pub drop_rate: u32,
+    pub secure_syn_timeout: u32,
+}
+
+impl Default for Defense {
+    fn default() -> Self {
+        Defense {
+            drop_entry: 0,
+            drop_packet: 0,
+            secure_tcp: 0,
+            threshold_percent: 80,
+            drop_rate: 10,
+            secure_syn_timeout: 10,
+        }
+    }
+}
+
+impl Defense {
+    /// Is a switch with `mode` active at table usage `used`/`max`?
+    pub fn active(&self, mode: u8, used: usize, max: usize) -> bool {
+        match mode {
+            3 => true,
+            1 | 2 => used * 100 > max * self.threshold_percent as usize,
+            _ => false,
+        }
     }
 }
 
@@ -186,6 +239,7 @@ pub struct ServiceConfig {
 pub struct Config {
     pub director: Director,
     pub timeouts: Timeouts,
+    pub defense: Defense,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -276,6 +330,40 @@ impl Config {
             tcp_fin: secs("tcp_fin", t.tcp_fin, def.tcp_fin)?,
             tcp_close: secs("tcp_close", t.tcp_close, def.tcp_close)?,
             udp: secs("udp", t.udp, def.udp)?,
+        };
+
+        let d = raw.defense.unwrap_or_default();
+        let dd = Defense::default();
+        let switch = |name: &str, v: Option<u8>| -> Result<u8, ConfigError> {
+            match v.unwrap_or(0) {
+                m @ 0..=3 => Ok(m),
+                m => Err(bad(
+                    format!("defense.{name}"),
+                    format!("{m}: 0 off, 1-2 automatic, 3 always"),
+                )),
+            }
+        };
+        let defense = Defense {
+            drop_entry: switch("drop_entry", d.drop_entry)?,
+            drop_packet: switch("drop_packet", d.drop_packet)?,
+            secure_tcp: switch("secure_tcp", d.secure_tcp)?,
+            threshold_percent: match d.threshold_percent.unwrap_or(dd.threshold_percent) {
+                p @ 1..=100 => p,
+                p => {
+                    return Err(bad(
+                        "defense.threshold_percent",
+                        format!("{p} outside 1-100"),
+                    ))
+                }
+            },
+            drop_rate: match d.drop_rate.unwrap_or(dd.drop_rate) {
+                0 | 1 => return Err(bad("defense.drop_rate", "must be at least 2")),
+                r => r,
+            },
+            secure_syn_timeout: match d.secure_syn_timeout.unwrap_or(dd.secure_syn_timeout) {
+                0 => return Err(bad("defense.secure_syn_timeout", "must be at least 1")),
+                t => t,
+            },
         };
 
         if raw.service.is_empty() {
@@ -413,6 +501,7 @@ impl Config {
         Ok(Config {
             director,
             timeouts,
+            defense,
             services,
         })
     }

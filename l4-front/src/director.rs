@@ -126,6 +126,10 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
         if now != last_tick {
             last_tick = now;
             let n = shared.table.expire(now, |c| shared.on_expire(c));
+            let dropped = shared.defend(now);
+            if dropped > 0 {
+                tracing::debug!(dropped, "drop_entry");
+            }
             if n > 0 {
                 tracing::debug!(expired = n, left = shared.table.len(), "slow timer");
             }

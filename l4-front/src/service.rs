@@ -4,10 +4,10 @@
 //! atomics in it (weights, health, resolved MACs).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::config::{Config, Method, ServiceConfig};
+use crate::config::{Config, Defense, Method, ServiceConfig};
 use crate::conn::{ConnKey, ConnTable};
 use crate::hash::SeededState;
 use crate::sched::{self, RealServer, Scheduler};
@@ -78,6 +78,9 @@ pub struct Shared {
     pub local_ip: u32,
     pub mtu: u16,
     pub answer_arp: bool,
+    pub defense: Defense,
+    /// drop_packet is active (set by the control thread each second).
+    pub drop_packet_on: AtomicBool,
 }
 
 impl Shared {
@@ -133,7 +136,33 @@ impl Shared {
             local_ip,
             mtu: cfg.director.mtu,
             answer_arp: cfg.director.answer_arp,
+            defense: cfg.defense,
+            drop_packet_on: AtomicBool::new(cfg.defense.drop_packet == 3),
         }
+    }
+
+    /// Once a second: switches the DoS defences on or off by table usage
+    /// and, while drop_entry is on, drops the half-open entries of a
+    /// rotating 1/32 of the shards (IPVS drops from 1/32 of its table).
+    pub fn defend(&self, tick: u32) -> usize {
+        let d = &self.defense;
+        let (used, max) = (self.table.len(), self.table.max());
+        self.drop_packet_on
+            .store(d.active(d.drop_packet, used, max), Ordering::Relaxed);
+        self.table
+            .set_secure(d.active(d.secure_tcp, used, max), d.secure_syn_timeout);
+        if !d.active(d.drop_entry, used, max) {
+            return 0;
+        }
+        let n = (self.table.shards() / 32).max(1);
+        let mut dropped = 0;
+        for k in 0..n {
+            for c in self.table.drop_half_open(tick as usize * n + k) {
+                self.on_expire(&c);
+                dropped += 1;
+            }
+        }
+        dropped
     }
 
     /// Service shape for the statistics blocks.

@@ -195,11 +195,29 @@ fn cases() -> Vec<Case> {
     );
     // ICMP fragmentation needed from a router on the reply path, quoting a
     // DR reply VIP:80 → client:40000: relayed to that connection's server.
+    let icmp = frag_needed_quoting([10, 201, 2, 100], 40000);
+    add("icmp_frag_needed_relayed_dr", icmp.clone(), false);
+    let mut stray = icmp;
+    stray[14 + 20 + 8 + 20 + 2] = 0x12; // quoted dport: no such connection
+    add("icmp_frag_needed_no_match", stray, false);
+    // The same for the NAT connection: outer destination, quoted source
+    // address/port and the checksums rewritten for the real server.
+    add(
+        "icmp_frag_needed_relayed_nat",
+        frag_needed_quoting([10, 201, 2, 102], 40003),
+        false,
+    );
+    v
+}
+
+/// An ICMP "fragmentation needed" from the router (10.201.1.1) to `vip`,
+/// quoting a 1,440-byte reply `vip`:80 → 10.201.1.2:`cport`.
+fn frag_needed_quoting(vip: [u8; 4], cport: u16) -> Vec<u8> {
     let reply = tcp_frame(TcpSpec {
-        src: [10, 201, 2, 100],
+        src: vip,
         dst: [10, 201, 1, 2],
         sport: 80,
-        dport: 40000,
+        dport: cport,
         flags: TCP_ACK,
         payload: vec![0x62; 1400],
         ..TcpSpec::syn()
@@ -220,15 +238,11 @@ fn cases() -> Vec<Case> {
     icmp.truncate(n);
     // Addressed to the VIP, as routers do; from the router to the director.
     icmp[0..6].copy_from_slice(&DIRECTOR_MAC);
-    icmp[30..34].copy_from_slice(&[10, 201, 2, 100]);
+    icmp[30..34].copy_from_slice(&vip);
     icmp[24..26].copy_from_slice(&[0, 0]);
     let c = checksum::checksum(&icmp[14..34]);
     icmp[24..26].copy_from_slice(&c.to_be_bytes());
-    add("icmp_frag_needed_relayed_dr", icmp.clone(), false);
-    let mut stray = icmp;
-    stray[14 + 20 + 8 + 20 + 2] = 0x12; // quoted dport: no such connection
-    add("icmp_frag_needed_no_match", stray, false);
-    v
+    icmp
 }
 
 fn processor() -> Processor {

@@ -8,7 +8,7 @@
 //! SYN flood from random sources from growing the director without bound.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use slab::Slab;
@@ -130,6 +130,9 @@ pub struct ConnTable {
     max: usize,
     timeouts: Timeouts,
     len: AtomicUsize,
+    /// secure_tcp: SYN_RECV entries get `secure_syn` seconds instead.
+    secure: AtomicBool,
+    secure_syn: AtomicU32,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -158,11 +161,63 @@ impl ConnTable {
             max: max_connections.max(1),
             timeouts,
             len: AtomicUsize::new(0),
+            secure: AtomicBool::new(false),
+            secure_syn: AtomicU32::new(10),
         }
     }
 
     pub fn timeouts(&self) -> Timeouts {
         self.timeouts
+    }
+
+    /// The ceiling on entries.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// secure_tcp (§5.2.9): while on, half-open entries live `syn` seconds.
+    pub fn set_secure(&self, on: bool, syn: u32) {
+        self.secure_syn.store(syn.max(1), Ordering::Relaxed);
+        self.secure.store(on, Ordering::Relaxed);
+    }
+
+    fn timeout_of(&self, s: ConnState) -> u32 {
+        let t = self.timeouts.of(s);
+        if s == ConnState::SynRecv && self.secure.load(Ordering::Relaxed) {
+            t.min(self.secure_syn.load(Ordering::Relaxed))
+        } else {
+            t
+        }
+    }
+
+    /// drop_entry (§5.2.9): removes every half-open (SYN_RECV) entry of
+    /// shard `hint % shards` and returns them (for the counters).
+    pub fn drop_half_open(&self, hint: usize) -> Vec<Conn> {
+        let mut guard = lock(&self.shards[hint & self.mask]);
+        let sh = &mut *guard;
+        let ids: Vec<usize> = sh
+            .conns
+            .iter()
+            .filter(|(_, c)| c.state == ConnState::SynRecv)
+            .map(|(i, _)| i)
+            .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let c = sh.conns.remove(id);
+            sh.map.remove(&c.key);
+            sh.wheel.cancel(id as u32);
+            if c.nat {
+                lock(self.rev_shard(&c.rev_key())).remove(&c.rev_key());
+            }
+            out.push(c);
+        }
+        self.len.fetch_sub(out.len(), Ordering::Relaxed);
+        out
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
     }
 
     fn shard(&self, key: &ConnKey) -> &Mutex<Shard> {
@@ -209,7 +264,7 @@ impl ConnTable {
             };
             c.state = new;
             c.packets = c.packets.wrapping_add(1);
-            let expires = now.saturating_add(self.timeouts.of(new));
+            let expires = now.saturating_add(self.timeout_of(new));
             c.expires = expires;
             let target = c.target();
             // Lazy refresh: only move the timer when the deadline shortens
@@ -234,7 +289,7 @@ impl ConnTable {
             return Err(DropReason::TableFull);
         }
         let target = schedule()?;
-        let expires = now.saturating_add(self.timeouts.of(state));
+        let expires = now.saturating_add(self.timeout_of(state));
         let conn = Conn {
             key,
             raddr: target.raddr,
@@ -488,6 +543,33 @@ mod tests {
         .unwrap();
         t.expire(1160, |c| gone.push(c.key.cport));
         assert_eq!(gone, vec![1, 2]);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn secure_tcp_and_drop_entry() {
+        let t = ConnTable::new(1, 100, Timeouts::default(), 3);
+        t.set_secure(true, 5);
+        t.track(key(1), Event::Tcp(TCP_SYN), 0, [0; 6], || target(0))
+            .unwrap();
+        t.track(key(2), Event::Tcp(TCP_SYN), 0, [0; 6], || target(0))
+            .unwrap();
+        t.track(key(2), Event::Tcp(TCP_ACK), 0, [0; 6], || target(0))
+            .unwrap();
+        t.track(key(3), Event::Tcp(TCP_SYN), 0, [0; 6], || target(0))
+            .unwrap();
+        let mut gone = Vec::new();
+        t.expire(5, |c| gone.push(c.key.cport));
+        gone.sort();
+        assert_eq!(gone, vec![1, 3], "half-open entries live 5 s");
+        t.set_secure(false, 5);
+        t.track(key(4), Event::Tcp(TCP_SYN), 5, [0; 6], || target(0))
+            .unwrap();
+        let dropped: Vec<u16> = t.drop_half_open(0).iter().map(|c| c.key.cport).collect();
+        assert_eq!(dropped, vec![4]);
+        assert_eq!(t.len(), 1);
+        assert!(t.get(&key(2)).is_some());
+        t.expire(2000, |_| {});
         assert!(t.is_empty());
     }
 

@@ -36,15 +36,19 @@ pub struct Processor {
     stats: Arc<WorkerStats>,
     out: Vec<u8>,
     ip_id: u16,
+    /// drop_packet: new connections left until the next refused one.
+    drop_ctr: u32,
 }
 
 impl Processor {
     pub fn new(shared: Arc<Shared>, stats: Arc<WorkerStats>) -> Self {
+        let drop_ctr = shared.defense.drop_rate;
         Processor {
             shared,
             stats,
             out: vec![0u8; OUT_BUF],
             ip_id: 1,
+            drop_ctr,
         }
     }
 
@@ -149,7 +153,16 @@ impl Processor {
         cmac.copy_from_slice(&frame[6..12]);
         let shared = &*self.shared;
         let service = &shared.services[svc as usize];
+        let drop_ctr = &mut self.drop_ctr;
         let schedule = || {
+            // drop_packet (§5.2.9): refuse one new connection in drop_rate.
+            if shared.drop_packet_on.load(Ordering::Relaxed) {
+                if *drop_ctr <= 1 {
+                    *drop_ctr = shared.defense.drop_rate;
+                    return Err(DropReason::RateLimited);
+                }
+                *drop_ctr -= 1;
+            }
             let rs = service
                 .pick(ip.src, sport)
                 .ok_or(DropReason::NoRealServer)?;
@@ -321,11 +334,19 @@ impl Processor {
         let Some(c) = self.shared.table.get(&key) else {
             return Verdict::Drop(DropReason::IcmpNoMatch);
         };
-        if c.nat {
-            // Would need the quoted header rewritten too; not relayed yet.
-            return Verdict::Drop(DropReason::IcmpNoMatch);
-        }
         self.stats.add(Counter::IcmpRelayed, 1);
+        if c.nat {
+            // The real server must recognise its own reply in the quote.
+            let service = &self.shared.services[c.svc as usize];
+            let Some(mac) = service.mac(c.rs as usize) else {
+                return Verdict::Drop(DropReason::NoRealServer);
+            };
+            if let Err(r) = rewrite::nat_icmp_to_real_server(frame, ip, &q, c.raddr, c.rport) {
+                return Verdict::Drop(r);
+            }
+            rewrite::dr(frame, self.shared.local_mac, mac);
+            return Verdict::SendInput(ip.frame_len());
+        }
         self.forward(frame, ip, c.target())
     }
 

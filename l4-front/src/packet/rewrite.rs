@@ -118,6 +118,39 @@ pub fn nat(
     Ok(())
 }
 
+/// VS/NAT ICMP error relay: an ICMP error addressed to the VIP quotes a
+/// reply VIP:vport → client. For the real server it must read RIP:rport →
+/// client: the outer destination, the quoted source address and port, the
+/// quoted IP checksum and the ICMP checksum are all updated incrementally.
+pub fn nat_icmp_to_real_server(
+    frame: &mut [u8],
+    ip: &Ipv4,
+    quoted: &Ipv4,
+    raddr: u32,
+    rport: u16,
+) -> Result<(), DropReason> {
+    let q = quoted.l3;
+    let icmp_c = ip.l4_off() + 2;
+    if frame.len() < q + quoted.ihl + 4 || frame.len() < icmp_c + 2 {
+        return Err(DropReason::TruncatedL4);
+    }
+    nat(frame, ip, NatSide::Destination, raddr, 0)?;
+    let be16 = |f: &[u8], o: usize| u16::from_be_bytes([f[o], f[o + 1]]);
+    let old_qc = be16(frame, q + 10);
+    let new_qc = checksum::update32(old_qc, quoted.src, raddr);
+    let sport_off = q + quoted.ihl;
+    let old_sport = be16(frame, sport_off);
+    let mut c = be16(frame, icmp_c);
+    c = checksum::update32(c, quoted.src, raddr);
+    c = checksum::update16(c, old_qc, new_qc);
+    c = checksum::update16(c, old_sport, rport);
+    frame[q + 10..q + 12].copy_from_slice(&new_qc.to_be_bytes());
+    frame[q + 12..q + 16].copy_from_slice(&raddr.to_be_bytes());
+    frame[sport_off..sport_off + 2].copy_from_slice(&rport.to_be_bytes());
+    frame[icmp_c..icmp_c + 2].copy_from_slice(&c.to_be_bytes());
+    Ok(())
+}
+
 /// Completes a TCP/UDP checksum the sender's kernel left partial (veth
 /// checksum offload, `TP_STATUS_CSUMNOTREADY`): the field holds only the
 /// pseudo-header sum, so recompute it over the whole segment.

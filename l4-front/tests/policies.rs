@@ -1,6 +1,7 @@
-//! Persistence templates (§5.2.6) through the real per-packet pipeline:
-//! clients of one /24 stick to one real server while the template lives;
-//! the template outlives its timeout while connections still use it.
+//! Policies through the real per-packet pipeline: persistence templates
+//! (§5.2.6) — clients of one /24 stick to one real server while the template
+//! lives, and the template outlives its timeout while connections still use
+//! it — and the drop_packet DoS defence (§5.2.9).
 
 use std::sync::Arc;
 
@@ -82,4 +83,42 @@ fn same_netmask_sticks_and_template_is_held_open() {
     // by the established connection; the other /24's template expired.
     assert_eq!(shared.table.len(), 2);
     assert_eq!(syn(&mut p, [10, 1, 1, 9], 1004, 101), a);
+}
+
+/// drop_packet = 3 (always): one new connection in drop_rate is refused
+/// before scheduling; existing connections are not affected.
+#[test]
+fn drop_packet_refuses_one_new_connection_in_rate() {
+    let cfg = Config::parse(
+        r#"
+[director]
+interface = "d0"
+[defense]
+drop_packet = 3
+drop_rate = 4
+[[service]]
+vip = "10.201.2.100"
+port = 80
+[[service.real_server]]
+address = "10.201.2.11"
+mac = "02:00:00:00:00:0b"
+"#,
+    )
+    .unwrap();
+    let shared = Arc::new(Shared::new(&cfg, DIRECTOR_MAC, 0x0ac9_0202, 1));
+    let st = Arc::new(WorkerStats::new(&shared.shape()));
+    let mut p = Processor::new(shared.clone(), st.clone());
+    let mut refused = 0;
+    for port in 0..40u16 {
+        let mut f = tcp_frame(TcpSpec {
+            sport: 2000 + port,
+            ..TcpSpec::syn()
+        });
+        if let Verdict::Drop(r) = p.process(&mut f, false, 0) {
+            assert_eq!(r.name(), "rate_limited");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 10);
+    assert_eq!(shared.table.len(), 30);
 }
