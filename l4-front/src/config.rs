@@ -43,8 +43,19 @@ pub mod raw {
         pub director: Option<Director>,
         pub timeouts: Option<Timeouts>,
         pub defense: Option<Defense>,
+        pub sync: Option<Sync>,
         #[serde(default)]
         pub service: Vec<Service>,
+    }
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Sync {
+        pub role: Option<String>,
+        pub listen: Option<String>,
+        pub peer: Option<String>,
+        pub interval_ms: Option<u64>,
+        pub dead_ms: Option<u64>,
     }
 
     #[derive(Debug, Deserialize, Default)]
@@ -153,6 +164,24 @@ impl Defense {
     }
 }
 
+/// Role in a master/backup pair (§5.2.10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncRole {
+    /// Sends connection records and heartbeats to `peer`.
+    Master,
+    /// Receives on `listen`; takes the VIPs over after `dead_ms` of silence.
+    Backup,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncConfig {
+    pub role: SyncRole,
+    pub listen: Option<std::net::SocketAddr>,
+    pub peer: Option<std::net::SocketAddr>,
+    pub interval_ms: u64,
+    pub dead_ms: u64,
+}
+
 /// How real servers of a service are checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthCheck {
@@ -240,6 +269,8 @@ pub struct Config {
     pub director: Director,
     pub timeouts: Timeouts,
     pub defense: Defense,
+    /// None: a standalone director.
+    pub sync: Option<SyncConfig>,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -257,6 +288,11 @@ fn port(field: &str, p: i64) -> Result<u16, ConfigError> {
 }
 
 impl Config {
+    /// The sync role and settings, if any.
+    pub fn director_sync(&self) -> Option<(SyncRole, SyncConfig)> {
+        self.sync.map(|s| (s.role, s))
+    }
+
     /// Reads and checks a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -364,6 +400,56 @@ impl Config {
                 0 => return Err(bad("defense.secure_syn_timeout", "must be at least 1")),
                 t => t,
             },
+        };
+
+        let sync = match raw.sync {
+            None => None,
+            Some(y) => {
+                let addr = |name: &str,
+                            v: Option<String>|
+                 -> Result<Option<std::net::SocketAddr>, ConfigError> {
+                    v.map(|s| {
+                        s.parse().map_err(|_| {
+                            bad(format!("sync.{name}"), format!("{s:?} is not ADDR:PORT"))
+                        })
+                    })
+                    .transpose()
+                };
+                let listen = addr("listen", y.listen)?;
+                let peer = addr("peer", y.peer)?;
+                let role = match y.role.as_deref() {
+                    Some("master") => SyncRole::Master,
+                    Some("backup") => SyncRole::Backup,
+                    Some(other) => {
+                        return Err(bad(
+                            "sync.role",
+                            format!("unknown {other:?} (master, backup)"),
+                        ))
+                    }
+                    None => return Err(bad("sync.role", "required (master, backup)")),
+                };
+                if role == SyncRole::Master && peer.is_none() {
+                    return Err(bad("sync.peer", "a master needs the backup's ADDR:PORT"));
+                }
+                if role == SyncRole::Backup && listen.is_none() {
+                    return Err(bad("sync.listen", "a backup needs ADDR:PORT to listen on"));
+                }
+                let interval_ms = y.interval_ms.unwrap_or(100);
+                if !(10..=10_000).contains(&interval_ms) {
+                    return Err(bad("sync.interval_ms", "outside 10-10000"));
+                }
+                let dead_ms = y.dead_ms.unwrap_or(1000);
+                if dead_ms < 2 * interval_ms {
+                    return Err(bad("sync.dead_ms", "must be at least twice interval_ms"));
+                }
+                Some(SyncConfig {
+                    role,
+                    listen,
+                    peer,
+                    interval_ms,
+                    dead_ms,
+                })
+            }
         };
 
         if raw.service.is_empty() {
@@ -502,6 +588,7 @@ impl Config {
             director,
             timeouts,
             defense,
+            sync,
             services,
         })
     }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::config::{Config, SyncRole};
 use crate::datapath::afpacket::{self, PacketSocket};
 use crate::datapath::{neigh, worker, Processor};
 use crate::hash::SeededState;
@@ -111,8 +111,62 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
         "l4-front running"
     );
     if let (Some(s), true) = (&first, shared.answer_arp) {
-        announce(s, &shared);
+        if shared.active.load(Ordering::Relaxed) {
+            announce(s, &shared);
+        }
     }
+    let mut sync_sender = None;
+    let mut sync_thread = None;
+    match cfg.director_sync() {
+        Some((SyncRole::Master, sc)) => {
+            shared.table.set_sync(true);
+            if let Some(peer) = sc.peer {
+                match crate::sync::Sender::new(peer) {
+                    Ok(s) => sync_sender = Some((s, sc.interval_ms)),
+                    Err(e) => tracing::error!(error = %e, "sync sender"),
+                }
+            }
+        }
+        Some((SyncRole::Backup, sc)) => {
+            let (sh, st, ck) = (shared.clone(), stop.clone(), clock.clone());
+            let iface2 = iface.clone();
+            let listen = sc.listen.unwrap_or_else(|| ([0, 0, 0, 0], 8848).into());
+            let dead = Duration::from_millis(sc.dead_ms);
+            tracing::info!(%listen, "backup director: waiting for the master");
+            sync_thread = Some(
+                std::thread::Builder::new()
+                    .name("l4-sync".into())
+                    .spawn(move || {
+                        let sh2 = sh.clone();
+                        let r = crate::sync::receive(
+                            listen,
+                            dead,
+                            st,
+                            |c| sh.apply_sync(c, ck.load(Ordering::Relaxed)),
+                            move || {
+                                tracing::warn!(
+                                    synced = sh2.table.len(),
+                                    "master silent: taking over the VIPs"
+                                );
+                                sh2.active.store(true, Ordering::Relaxed);
+                                if let Ok(s) = PacketSocket::open(&iface2, None) {
+                                    for _ in 0..3 {
+                                        announce(&s, &sh2);
+                                        std::thread::sleep(Duration::from_millis(100));
+                                    }
+                                }
+                            },
+                        );
+                        if let Err(e) = r {
+                            tracing::error!(error = %e, "sync receiver");
+                        }
+                    })
+                    .map_err(RunError::Spawn)?,
+            );
+        }
+        None => {}
+    }
+    let mut last_sync = Instant::now();
 
     let start = Instant::now();
     let interval = Duration::from_millis(cfg.director.stats_interval_ms);
@@ -134,6 +188,12 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
                 tracing::debug!(expired = n, left = shared.table.len(), "slow timer");
             }
         }
+        if let Some((sender, every)) = &mut sync_sender {
+            if last_sync.elapsed() >= Duration::from_millis(*every) {
+                last_sync = Instant::now();
+                sender.send(&shared.table.drain_sync());
+            }
+        }
         if last_neigh.elapsed() >= Duration::from_secs(5) {
             last_neigh = Instant::now();
             resolve_macs(&shared, Duration::ZERO);
@@ -148,6 +208,9 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
         let _ = h.join();
     }
     let _ = health.join();
+    if let Some(t) = sync_thread {
+        let _ = t.join();
+    }
     if let Some(c) = control {
         let _ = c.join();
     }

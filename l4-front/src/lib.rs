@@ -17,5 +17,6 @@ pub mod packet;
 pub mod sched;
 pub mod service;
 pub mod stats;
+pub mod sync;
 
 pub use director::{run, RunError};

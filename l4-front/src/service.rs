@@ -81,6 +81,9 @@ pub struct Shared {
     pub defense: Defense,
     /// drop_packet is active (set by the control thread each second).
     pub drop_packet_on: AtomicBool,
+    /// This director owns the VIPs (answers ARP). False on a backup until
+    /// it takes over.
+    pub active: AtomicBool,
 }
 
 impl Shared {
@@ -138,6 +141,9 @@ impl Shared {
             answer_arp: cfg.director.answer_arp,
             defense: cfg.defense,
             drop_packet_on: AtomicBool::new(cfg.defense.drop_packet == 3),
+            active: AtomicBool::new(
+                !matches!(cfg.sync, Some(s) if s.role == crate::config::SyncRole::Backup),
+            ),
         }
     }
 
@@ -163,6 +169,39 @@ impl Shared {
             }
         }
         dropped
+    }
+
+    /// Backup: applies one record from the master (ignored unless its
+    /// service and real server exist here with the same address).
+    pub fn apply_sync(&self, c: crate::conn::Conn, now: u32) {
+        let Some(rs) = self
+            .services
+            .get(c.svc as usize)
+            .and_then(|s| s.servers.get(c.rs as usize))
+        else {
+            return;
+        };
+        if rs.addr != c.raddr || c.state == crate::conn::ConnState::Template {
+            return;
+        }
+        let ctr = |s: crate::conn::ConnState| {
+            if s.is_active() {
+                &rs.active
+            } else {
+                &rs.inactive
+            }
+        };
+        match self.table.insert_synced(c, now) {
+            Ok(None) => {
+                ctr(c.state).fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Some(old)) if old.is_active() != c.state.is_active() => {
+                let _ = ctr(old)
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+                ctr(c.state).fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
     }
 
     /// Service shape for the statistics blocks.

@@ -119,7 +119,13 @@ struct Shard {
     map: HashMap<ConnKey, u32, SeededState>,
     conns: Slab<Conn>,
     wheel: TimingWheel,
+    /// Connections created or changed since the last sync drain.
+    sync_out: Vec<Conn>,
 }
+
+/// Bound on queued sync records per shard (a slow or absent backup must not
+/// grow the master's memory).
+const SYNC_QUEUE_MAX: usize = 65_536;
 
 /// The sharded connection table.
 pub struct ConnTable {
@@ -133,6 +139,8 @@ pub struct ConnTable {
     /// secure_tcp: SYN_RECV entries get `secure_syn` seconds instead.
     secure: AtomicBool,
     secure_syn: AtomicU32,
+    /// Queue new and changed connections for the backup director.
+    sync: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -149,6 +157,7 @@ impl ConnTable {
                 map: HashMap::with_hasher(hasher),
                 conns: Slab::new(),
                 wheel: TimingWheel::new(0),
+                sync_out: Vec::new(),
             })
         };
         ConnTable {
@@ -163,6 +172,7 @@ impl ConnTable {
             len: AtomicUsize::new(0),
             secure: AtomicBool::new(false),
             secure_syn: AtomicU32::new(10),
+            sync: AtomicBool::new(false),
         }
     }
 
@@ -213,6 +223,59 @@ impl ConnTable {
         }
         self.len.fetch_sub(out.len(), Ordering::Relaxed);
         out
+    }
+
+    /// Turns queueing of records for the backup on or off.
+    pub fn set_sync(&self, on: bool) {
+        self.sync.store(on, Ordering::Relaxed);
+    }
+
+    /// Takes the records queued since the last call.
+    pub fn drain_sync(&self) -> Vec<Conn> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            out.append(&mut lock(shard).sync_out);
+        }
+        out
+    }
+
+    /// Backup side: inserts or updates a connection received from the
+    /// master, expiring `timeout` of its state after `now`. Returns the
+    /// previous state (None if new) so the caller can keep counters, or
+    /// `Err` when the table is full.
+    pub fn insert_synced(&self, c: Conn, now: u32) -> Result<Option<ConnState>, DropReason> {
+        let mut guard = lock(self.shard(&c.key));
+        let sh = &mut *guard;
+        let expires = now.saturating_add(self.timeout_of(c.state));
+        if let Some(&id) = sh.map.get(&c.key) {
+            if let Some(e) = sh.conns.get_mut(id as usize) {
+                let old = e.state;
+                e.state = c.state;
+                e.expires = expires;
+                if !matches!(sh.wheel.when(id), Some(w) if (expires as u64) >= w) {
+                    sh.wheel.schedule(id, expires as u64);
+                }
+                return Ok(Some(old));
+            }
+        }
+        if self.len.load(Ordering::Relaxed) >= self.max {
+            return Err(DropReason::TableFull);
+        }
+        let conn = Conn {
+            expires,
+            packets: 0,
+            refs: 0,
+            timeout: 0,
+            ..c
+        };
+        let id = sh.conns.insert(conn) as u32;
+        sh.map.insert(c.key, id);
+        sh.wheel.schedule(id, expires as u64);
+        self.len.fetch_add(1, Ordering::Relaxed);
+        if conn.nat {
+            lock(self.rev_shard(&conn.rev_key())).insert(conn.rev_key(), conn.key);
+        }
+        Ok(None)
     }
 
     /// Number of shards.
@@ -267,6 +330,10 @@ impl ConnTable {
             let expires = now.saturating_add(self.timeout_of(new));
             c.expires = expires;
             let target = c.target();
+            if old != new && self.sync.load(Ordering::Relaxed) && sh.sync_out.len() < SYNC_QUEUE_MAX
+            {
+                sh.sync_out.push(*c);
+            }
             // Lazy refresh: only move the timer when the deadline shortens
             // (e.g. ESTABLISHED → FIN_WAIT); a later deadline is picked up
             // when the old one fires.
@@ -309,6 +376,9 @@ impl ConnTable {
         sh.map.insert(key, id);
         sh.wheel.schedule(id, expires as u64);
         self.len.fetch_add(1, Ordering::Relaxed);
+        if self.sync.load(Ordering::Relaxed) && sh.sync_out.len() < SYNC_QUEUE_MAX {
+            sh.sync_out.push(conn);
+        }
         if target.nat {
             lock(self.rev_shard(&conn.rev_key())).insert(conn.rev_key(), key);
         }
@@ -571,6 +641,33 @@ mod tests {
         assert!(t.get(&key(2)).is_some());
         t.expire(2000, |_| {});
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn sync_queue_and_insert() {
+        let master = ConnTable::new(2, 100, Timeouts::default(), 1);
+        master.set_sync(true);
+        master
+            .track(key(1), Event::Tcp(TCP_SYN), 0, [0; 6], || target(1))
+            .unwrap();
+        master
+            .track(key(1), Event::Tcp(TCP_ACK), 0, [0; 6], || target(1))
+            .unwrap();
+        master
+            .track(key(1), Event::Tcp(TCP_ACK), 0, [0; 6], || target(1))
+            .unwrap();
+        let recs = master.drain_sync();
+        assert_eq!(recs.len(), 2, "created + established");
+        assert!(master.drain_sync().is_empty());
+        let backup = ConnTable::new(4, 100, Timeouts::default(), 2);
+        for r in recs {
+            backup.insert_synced(r, 0).unwrap();
+        }
+        let c = backup.get(&key(1)).unwrap();
+        assert_eq!((c.rs, c.state), (1, ConnState::Established));
+        // The backup keeps it for the ESTABLISHED timeout.
+        backup.expire(899, |_| {});
+        assert_eq!(backup.len(), 1);
     }
 
     #[test]

@@ -98,7 +98,11 @@ impl Processor {
         let ip = match parse::parse(frame) {
             Ok(Frame::Ipv4(ip)) => ip,
             Ok(Frame::Arp(a)) => {
-                if self.shared.answer_arp && a.op == 1 && self.shared.vips.contains(&a.tpa) {
+                if self.shared.answer_arp
+                    && a.op == 1
+                    && self.shared.vips.contains(&a.tpa)
+                    && self.shared.active.load(Ordering::Relaxed)
+                {
                     self.stats.add(Counter::ArpReplies, 1);
                     let n = rewrite::arp_reply(&mut self.out, &a, self.shared.local_mac);
                     return Verdict::SendOutput(n);

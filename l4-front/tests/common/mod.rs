@@ -61,6 +61,7 @@ pub struct Lab {
     pub prefix: String,
     namespaces: Vec<String>,
     children: Vec<Child>,
+    child_names: Vec<String>,
     servers: Vec<(String, Arc<AtomicBool>, JoinHandle<()>)>,
     pub dir: PathBuf,
 }
@@ -90,6 +91,7 @@ impl Lab {
             prefix,
             namespaces: Vec::new(),
             children: Vec::new(),
+            child_names: Vec::new(),
             servers: Vec::new(),
             dir,
         }
@@ -136,6 +138,7 @@ impl Lab {
             let _ = c.wait();
         }
         self.children.clear();
+        self.child_names.clear();
     }
 
     pub fn sysctl(&self, role: &str, kv: &str) {
@@ -252,6 +255,28 @@ impl Lab {
             .spawn()
             .expect("spawn");
         self.children.push(child);
+        self.child_names.push(log.to_string());
+    }
+
+    /// Kills (SIGKILL) the process started with log name `log`.
+    pub fn kill(&mut self, log: &str) {
+        if let Some(i) = self.child_names.iter().position(|n| n == log) {
+            let mut c = self.children.remove(i);
+            self.child_names.remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A second director (backup) on the LAN: namespace `dir2`, d0 at
+    /// 10.201.2.3.
+    pub fn add_backup_director(&mut self) {
+        self.add_ns("dir2");
+        self.veth("dir2", "d0", "br", "p-dir2");
+        self.run("dir2", &["ip", "addr", "add", "10.201.2.3/24", "dev", "d0"]);
+        self.sysctl("dir2", "net.ipv4.ip_forward=0");
+        self.run("dir2", &["ethtool", "-K", "d0", "gro", "off"]);
+        self.run("br", &["ip", "link", "set", "p-dir2", "master", "br0"]);
     }
 
     pub fn log(&self, name: &str) -> String {
@@ -266,6 +291,19 @@ impl Lab {
 
     /// The same on `port`.
     pub fn http_server_on(&mut self, role: &str, port: u16, body: &str) {
+        self.http_server_paced(role, port, body, usize::MAX, Duration::ZERO)
+    }
+
+    /// An HTTP server that sends its body in `chunk`-byte pieces, `delay`
+    /// apart (a long download).
+    pub fn http_server_paced(
+        &mut self,
+        role: &str,
+        port: u16,
+        body: &str,
+        chunk: usize,
+        delay: Duration,
+    ) {
         let ns = self.ns(role);
         let body = body.to_string();
         let stop = Arc::new(AtomicBool::new(false));
@@ -289,11 +327,17 @@ impl Lab {
                                 Ok(n) => req.extend_from_slice(&b[..n]),
                             }
                         }
-                        let resp = format!(
-                            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        let _ = s.write_all(resp.as_bytes());
+                        let head =
+                            format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                        let _ = s.write_all(head.as_bytes());
+                        for piece in body.as_bytes().chunks(chunk.max(1)) {
+                            if s.write_all(piece).is_err() {
+                                break;
+                            }
+                            if !delay.is_zero() {
+                                std::thread::sleep(delay);
+                            }
+                        }
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
