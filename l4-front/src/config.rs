@@ -104,6 +104,7 @@ pub mod raw {
         pub persistence: Option<u32>,
         pub persistence_netmask: Option<u8>,
         pub health_check: Option<String>,
+        pub health_path: Option<String>,
         pub health_interval_ms: Option<u64>,
         pub health_timeout_ms: Option<u64>,
         pub health_fall: Option<u32>,
@@ -188,11 +189,14 @@ pub enum HealthCheck {
     None,
     /// A TCP connect to the real server's address and port.
     Tcp,
+    /// `GET health_path HTTP/1.0`, answered with a 2xx or 3xx status.
+    Http,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthConfig {
     pub kind: HealthCheck,
+    pub path: String,
     pub interval_ms: u64,
     pub timeout_ms: u64,
     /// Consecutive failures before a server is taken out.
@@ -486,10 +490,11 @@ impl Config {
             let kind = match s.health_check.as_deref().unwrap_or("none") {
                 "none" => HealthCheck::None,
                 "tcp" => HealthCheck::Tcp,
+                "http" => HealthCheck::Http,
                 other => {
                     return Err(bad(
                         f("health_check"),
-                        format!("unknown {other:?} (none, tcp)"),
+                        format!("unknown {other:?} (none, tcp, http)"),
                     ))
                 }
             };
@@ -512,8 +517,16 @@ impl Config {
             if rise == 0 {
                 return Err(bad(f("health_rise"), "must be at least 1"));
             }
+            let path = s.health_path.unwrap_or_else(|| "/".into());
+            if !path.starts_with('/')
+                || path.len() > 1024
+                || path.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(bad(f("health_path"), "an absolute path without spaces"));
+            }
             let health = HealthConfig {
                 kind,
+                path,
                 interval_ms,
                 timeout_ms,
                 fall,

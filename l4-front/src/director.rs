@@ -83,12 +83,13 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
             .spawn(move || crate::health::run(sh, st))
             .map_err(RunError::Spawn)?
     };
+    let rates: Arc<std::sync::Mutex<String>> = Arc::default();
     let control = match cfg.director.control_socket.clone() {
         Some(path) => {
             let (sh, st) = (shared.clone(), stop.clone());
-            let (cfg2, stats2, sh2) = (cfg.clone(), stats.clone(), shared.clone());
+            let (rates2, stats2, sh2) = (rates.clone(), stats.clone(), shared.clone());
             let render: Box<dyn Fn() -> String + Send> =
-                Box::new(move || render_stats(&cfg2, &sh2, &stats2));
+                Box::new(move || render_stats(&rates2, &sh2, &stats2));
             Some(
                 std::thread::Builder::new()
                     .name("l4-control".into())
@@ -169,6 +170,8 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
     let mut last_sync = Instant::now();
 
     let start = Instant::now();
+    let labels: Vec<String> = shared.services.iter().map(|s| s.label()).collect();
+    let mut prev = (Instant::now(), Snapshot::collect(&stats));
     let interval = Duration::from_millis(cfg.director.stats_interval_ms);
     let mut last_stats = Instant::now();
     let mut last_tick = 0u32;
@@ -200,7 +203,12 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
         }
         if last_stats.elapsed() >= interval {
             last_stats = Instant::now();
-            write_stats(&cfg, &shared, &stats);
+            let cur = Snapshot::collect(&stats);
+            let secs = prev.0.elapsed().as_secs_f64();
+            let text = crate::stats::render_rates(&prev.1, &cur, secs, &labels);
+            *rates.lock().unwrap_or_else(|e| e.into_inner()) = text;
+            prev = (Instant::now(), cur);
+            write_stats(&cfg, &rates, &shared, &stats);
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -214,7 +222,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
     if let Some(c) = control {
         let _ = c.join();
     }
-    write_stats(&cfg, &shared, &stats);
+    write_stats(&cfg, &rates, &shared, &stats);
     tracing::info!("l4-front stopped");
     Ok(())
 }
@@ -266,7 +274,11 @@ fn resolve_macs(shared: &Shared, wait: Duration) -> bool {
     }
 }
 
-fn render_stats(_cfg: &Config, shared: &Shared, stats: &[Arc<WorkerStats>]) -> String {
+fn render_stats(
+    rates: &std::sync::Mutex<String>,
+    shared: &Shared,
+    stats: &[Arc<WorkerStats>],
+) -> String {
     let snap = Snapshot::collect(stats);
     let labels: Vec<String> = shared.services.iter().map(|s| s.label()).collect();
     let rs_labels: Vec<Vec<String>> = shared
@@ -297,14 +309,20 @@ fn render_stats(_cfg: &Config, shared: &Shared, stats: &[Arc<WorkerStats>]) -> S
             );
         }
     }
+    text.push_str(&rates.lock().unwrap_or_else(|e| e.into_inner()));
     text
 }
 
-fn write_stats(cfg: &Config, shared: &Shared, stats: &[Arc<WorkerStats>]) {
+fn write_stats(
+    cfg: &Config,
+    rates: &std::sync::Mutex<String>,
+    shared: &Shared,
+    stats: &[Arc<WorkerStats>],
+) {
     let Some(path) = &cfg.director.stats_file else {
         return;
     };
-    let text = render_stats(cfg, shared, stats);
+    let text = render_stats(rates, shared, stats);
     let tmp = path.with_extension("tmp");
     if std::fs::write(&tmp, text).is_ok() {
         let _ = std::fs::rename(&tmp, path);

@@ -207,3 +207,66 @@ impl Snapshot {
         o
     }
 }
+
+/// Rates (§5.2.8) between two snapshots `secs` apart: per service
+/// connections, packets and bytes per second, and director-wide frames per
+/// second, as `rate.*` lines.
+pub fn render_rates(prev: &Snapshot, cur: &Snapshot, secs: f64, labels: &[String]) -> String {
+    let mut o = String::new();
+    if secs <= 0.0 {
+        return o;
+    }
+    let d = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
+    for c in [Counter::RxFrames, Counter::TxFrames, Counter::TxBytes] {
+        let _ = writeln!(
+            o,
+            "rate.{}_per_s {:.0}",
+            c.name(),
+            d(cur.counter(c), prev.counter(c))
+        );
+    }
+    for (i, name) in labels.iter().enumerate().take(cur.rs.len()) {
+        let sum = |s: &Snapshot, f: fn(&(u64, u64, u64)) -> u64| -> u64 {
+            s.rs.get(i).map_or(0, |v| v.iter().map(f).sum())
+        };
+        let _ = writeln!(
+            o,
+            "rate.service.{name}.cps {:.0}",
+            d(sum(cur, |e| e.0), sum(prev, |e| e.0))
+        );
+        let _ = writeln!(
+            o,
+            "rate.service.{name}.pps {:.0}",
+            d(sum(cur, |e| e.1), sum(prev, |e| e.1))
+        );
+        let _ = writeln!(
+            o,
+            "rate.service.{name}.bps {:.0}",
+            d(sum(cur, |e| e.2), sum(prev, |e| e.2)) * 8.0
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_from_two_snapshots() {
+        let w = std::sync::Arc::new(WorkerStats::new(&[1]));
+        let a = Snapshot::collect(std::slice::from_ref(&w));
+        w.add(Counter::RxFrames, 100);
+        w.rs_packet(0, 0, 1000, true);
+        w.rs_packet(0, 0, 1000, false);
+        let b = Snapshot::collect(std::slice::from_ref(&w));
+        let r = render_rates(&a, &b, 2.0, &["svc".to_string()]);
+        assert!(r.contains("rate.rx_frames_per_s 50"), "{r}");
+        assert!(
+            r.contains("rate.service.svc.cps 0") || r.contains("rate.service.svc.cps 1"),
+            "{r}"
+        );
+        assert!(r.contains("rate.service.svc.pps 1"), "{r}");
+        assert!(r.contains("rate.service.svc.bps 8000"), "{r}");
+    }
+}

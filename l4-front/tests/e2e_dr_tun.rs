@@ -126,8 +126,8 @@ fn nat_http_through_director_both_ways() {
     run_case("nat");
 }
 
-/// Health checks: a real server whose service stops is taken out (all new
-/// connections go to the other) and put back when it returns.
+/// Health checks (HTTP): a real server whose service stops is taken out
+/// (all new connections go to the other) and put back when it returns.
 #[test]
 fn dr_real_server_fails_and_returns() {
     skip_unless_lab!();
@@ -140,7 +140,7 @@ fn dr_real_server_fails_and_returns() {
         "dr",
         2,
         80,
-        "health_check = \"tcp\"\nhealth_interval_ms = 150\nhealth_timeout_ms = 100\nhealth_fall = 1\nhealth_rise = 1",
+        "health_check = \"http\"\nhealth_interval_ms = 150\nhealth_timeout_ms = 100\nhealth_fall = 1\nhealth_rise = 1",
     );
     lab.spawn(
         "dir",
@@ -245,6 +245,8 @@ fn dr_l4adm_list_and_drain() {
     }
     let s = l4adm(&["-L", "-n", "--stats"]);
     assert!(s.contains("service.10.201.2.100:80/tcp.conns 4"), "{s}");
+    let r = l4adm(&["-L", "-n", "--rate"]);
+    assert!(r.contains("rate.service.10.201.2.100:80/tcp.cps"), "{r}");
 }
 
 /// ICMP relay (§5.2.3) under a smaller path MTU: the router's client-side

@@ -4,7 +4,8 @@ use anyhow::Context;
 use std::path::PathBuf;
 
 const USAGE: &str = "usage: l4adm [--socket PATH] COMMAND
-  -L -n [--stats]                     list services, real servers, connections
+  -L -n [--stats | --rate]            list services, real servers, connections;
+                                      counters; or rates per second
   -e -t VIP:PORT -r RIP:PORT -w W     edit a real server's weight (0 drains)
   --socket PATH                       control socket (default /run/l4-front.sock)
 Services and real servers are added or deleted in the TOML configuration
@@ -12,7 +13,7 @@ Services and real servers are added or deleted in the TOML configuration
 
 fn main() -> anyhow::Result<()> {
     let mut socket = PathBuf::from("/run/l4-front.sock");
-    let (mut list, mut stats, mut edit) = (false, false, false);
+    let (mut list, mut stats, mut edit, mut rate) = (false, false, false, false);
     let (mut vs, mut rs, mut weight) = (None, None, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -21,6 +22,7 @@ fn main() -> anyhow::Result<()> {
             "-L" | "-l" | "--list" => list = true,
             "-n" | "--numeric" => {}
             "--stats" => stats = true,
+            "--rate" => rate = true,
             "-e" | "--edit-server" => edit = true,
             "-t" | "--tcp-service" | "-u" | "--udp-service" => vs = args.next(),
             "-r" | "--real-server" => rs = args.next(),
@@ -40,7 +42,7 @@ fn main() -> anyhow::Result<()> {
             anyhow::bail!("-e needs -t VIP:PORT -r RIP:PORT -w WEIGHT\n{USAGE}");
         };
         format!("weight {vs} {rs} {w}")
-    } else if stats {
+    } else if stats || rate {
         "stats".to_string()
     } else if list {
         "list".to_string()
@@ -50,6 +52,11 @@ fn main() -> anyhow::Result<()> {
     let answer = l4_front::control::request(&socket, &req)
         .with_context(|| format!("control socket {}", socket.display()))?;
     match answer.strip_prefix("ok\n") {
+        Some(body) if rate => {
+            for l in body.lines().filter(|l| l.starts_with("rate.")) {
+                println!("{l}");
+            }
+        }
         Some(body) => print!("{body}"),
         None if answer == "ok\n" || answer == "ok" => {}
         None => anyhow::bail!("{}", answer.trim()),
