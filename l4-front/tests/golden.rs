@@ -106,6 +106,14 @@ fn cases() -> Vec<Case> {
         false,
     );
     add(
+        "vip_frame_for_another_mac_passes",
+        tcp_frame(TcpSpec {
+            dst_mac: [0x02, 0, 0, 0, 0, 0x99],
+            ..TcpSpec::syn()
+        }),
+        false,
+    );
+    add(
         "vip_unknown_port",
         tcp_frame(TcpSpec {
             dport: 443,
@@ -411,4 +419,5 @@ fn golden_outputs_have_the_promised_shape() {
         "drop:no_connection"
     );
     assert_eq!(by_name["arp_request_other"].1 .0, "pass");
+    assert_eq!(by_name["vip_frame_for_another_mac_passes"].1 .0, "pass");
 }

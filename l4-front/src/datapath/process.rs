@@ -114,6 +114,11 @@ impl Processor {
             // we only count it.
             Err(r) => return Verdict::Drop(r),
         };
+        // Only frames sent to us: a bridge floods unknown unicast, and a
+        // backup director must not forward what the master handles.
+        if frame[0..6] != self.shared.local_mac {
+            return Verdict::Pass;
+        }
         if self.shared.vips.contains(&ip.dst) {
             return self.for_vip(frame, &ip, csum_partial, now);
         }
