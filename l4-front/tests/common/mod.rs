@@ -28,16 +28,33 @@ pub const VIP: &str = "10.201.2.100";
 pub const DIRECTOR_IP: &str = "10.201.2.2";
 pub const ROUTER_LAN: &str = "10.201.2.1";
 
-/// Why the lab cannot run here, if it cannot.
+/// Why the lab cannot run here, if it cannot: not root, no `ip netns`
+/// (or no right to create a namespace), no `ethtool` or `sysctl`.
 pub fn skip_reason() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root".into());
     }
-    match Command::new("ip").args(["netns", "list"]).output() {
-        Ok(o) if o.status.success() => None,
+    for tool in ["ip", "ethtool", "sysctl"] {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+            .unwrap_or(false);
+        if !found {
+            return Some(format!("`{tool}` not found"));
+        }
+    }
+    let probe = format!(
+        "l4probe{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    match Command::new("ip").args(["netns", "add", &probe]).output() {
+        Ok(o) if o.status.success() => {
+            let _ = Command::new("ip").args(["netns", "del", &probe]).output();
+            None
+        }
         Ok(o) => Some(format!(
-            "`ip netns` unavailable: {}",
+            "`ip netns add` failed: {}",
             String::from_utf8_lossy(&o.stderr).trim()
         )),
         Err(e) => Some(format!("`ip` not runnable: {e}")),
