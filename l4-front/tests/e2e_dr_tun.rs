@@ -283,3 +283,45 @@ fn dr_icmp_frag_needed_relayed_download_completes() {
     let st = stats(&stats_path);
     assert!(st.get("icmp_relayed").copied().unwrap_or(0) >= 1, "{st:?}");
 }
+
+/// VS/TUN and the 20-byte outer header: a 300 kB upload in full-size
+/// segments (DF) cannot be encapsulated within the LAN MTU, so the director
+/// answers with ICMP fragmentation-needed (MTU 1,480) as IPVS does; the
+/// client's TCP lowers its segment size and the upload completes.
+#[test]
+fn tun_large_upload_gets_frag_needed_and_completes() {
+    skip_unless_lab!();
+    let mut lab = Lab::new("u");
+    lab.build(1);
+    lab.http_server("rs1", "done\n");
+    lab.spawn(
+        "rs1",
+        "decap1",
+        &[env!("CARGO_BIN_EXE_l4-decap"), "--vip", VIP],
+        &[],
+    );
+    let cfg = director_config(&lab, "tun", 1, 80, "");
+    lab.spawn(
+        "dir",
+        "l4-front",
+        &[
+            env!("CARGO_BIN_EXE_l4-front"),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let stats_path = lab.dir.join("stats");
+    lab.wait_for_file(&stats_path, "l4-front", "l4-front");
+    std::thread::sleep(Duration::from_millis(300));
+    let size = 300_000;
+    let r = common::http_post(&lab.ns("cl"), format!("{VIP}:80").parse().unwrap(), size)
+        .unwrap_or_else(|e| panic!("upload: {e}\n{:?}", stats(&stats_path)));
+    assert!(r.contains(&format!("X-Received: {size}")), "{r}");
+    std::thread::sleep(Duration::from_millis(250));
+    let st = stats(&stats_path);
+    assert!(
+        st.get("frag_needed_sent").copied().unwrap_or(0) >= 1,
+        "{st:?}"
+    );
+}

@@ -344,8 +344,29 @@ impl Lab {
                                 Ok(n) => req.extend_from_slice(&b[..n]),
                             }
                         }
-                        let head =
-                            format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                        // A request body (uploads) is read and its size
+                        // reported in an X-Received header.
+                        let hend = req
+                            .windows(4)
+                            .position(|w| w == b"\r\n\r\n")
+                            .map_or(req.len(), |p| p + 4);
+                        let text = String::from_utf8_lossy(&req[..hend]).to_ascii_lowercase();
+                        let want: usize = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        let mut got = req.len() - hend;
+                        while got < want {
+                            match s.read(&mut b) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => got += n,
+                            }
+                        }
+                        let head = format!(
+                            "HTTP/1.0 200 OK\r\nX-Received: {got}\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        );
                         let _ = s.write_all(head.as_bytes());
                         for piece in body.as_bytes().chunks(chunk.max(1)) {
                             if s.write_all(piece).is_err() {
@@ -429,6 +450,31 @@ pub fn http_get(ns: &str, addr: SocketAddr) -> Result<String, String> {
             .map_err(|e| e.to_string())?;
         s.write_all(b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n")
             .map_err(|e| format!("write: {e}"))?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)
+            .map_err(|e| format!("read: {e}"))?;
+        Ok(out)
+    })
+    .join()
+    .unwrap_or_else(|_| Err("client thread panicked".into()))
+}
+
+/// An HTTP POST of `size` bytes from namespace `ns`; returns the response.
+pub fn http_post(ns: &str, addr: SocketAddr, size: usize) -> Result<String, String> {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        enter_netns(&ns);
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(6))
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(8)))
+            .map_err(|e| e.to_string())?;
+        s.set_write_timeout(Some(Duration::from_secs(8)))
+            .map_err(|e| e.to_string())?;
+        let head = format!("POST /up HTTP/1.0\r\nHost: vip\r\nContent-Length: {size}\r\n\r\n");
+        s.write_all(head.as_bytes())
+            .map_err(|e| format!("write: {e}"))?;
+        s.write_all(&vec![b'u'; size])
+            .map_err(|e| format!("upload: {e}"))?;
         let mut out = String::new();
         s.read_to_string(&mut out)
             .map_err(|e| format!("read: {e}"))?;
