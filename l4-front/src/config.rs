@@ -82,6 +82,7 @@ pub mod raw {
         pub stats_file: Option<String>,
         pub stats_interval_ms: Option<u64>,
         pub control_socket: Option<String>,
+        pub rx_ring: Option<bool>,
     }
 
     #[derive(Debug, Deserialize, Default)]
@@ -242,6 +243,8 @@ pub struct Director {
     pub stats_interval_ms: u64,
     /// Unix socket for `l4adm` (none = no runtime control).
     pub control_socket: Option<PathBuf>,
+    /// Receive through TPACKET_V3 rings (else `recvmmsg`).
+    pub rx_ring: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -353,6 +356,7 @@ impl Config {
             stats_file: d.stats_file.map(PathBuf::from),
             stats_interval_ms: d.stats_interval_ms.unwrap_or(1000).max(50),
             control_socket: d.control_socket.map(PathBuf::from),
+            rx_ring: d.rx_ring.unwrap_or(true),
         };
 
         let t = raw.timeouts.unwrap_or_default();

@@ -58,10 +58,22 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
     let mut handles = Vec::new();
     let mut first: Option<PacketSocket> = None;
     for i in 0..workers {
-        let sock = PacketSocket::open(&iface, Some(group)).map_err(|source| RunError::Socket {
+        let sock_err = |source| RunError::Socket {
             iface: iface.clone(),
             source,
-        })?;
+        };
+        // TPACKET_V3 ring (8 × 1 MiB blocks) unless disabled or refused.
+        let ring = if cfg.director.rx_ring {
+            match PacketSocket::open_ring(&iface, Some(group), 1 << 20, 8) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "TPACKET_V3 ring refused; using recvmmsg");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         if first.is_none() {
             // A second, non-fanout socket for control-plane sends (ARP).
             first = PacketSocket::open(&iface, None).ok();
@@ -70,10 +82,15 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
         stats.push(st.clone());
         let proc = Processor::new(shared.clone(), st);
         let (c, s) = (clock.clone(), stop.clone());
-        let h = std::thread::Builder::new()
-            .name(format!("l4-worker-{i}"))
-            .spawn(move || worker::run(sock, proc, c, s))
-            .map_err(RunError::Spawn)?;
+        let builder = std::thread::Builder::new().name(format!("l4-worker-{i}"));
+        let h = match ring {
+            Some((sock, ring)) => builder.spawn(move || worker::run_ring(sock, ring, proc, c, s)),
+            None => {
+                let sock = PacketSocket::open(&iface, Some(group)).map_err(sock_err)?;
+                builder.spawn(move || worker::run(sock, proc, c, s))
+            }
+        }
+        .map_err(RunError::Spawn)?;
         handles.push(h);
     }
     let health = {
@@ -108,6 +125,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
         mac = %crate::packet::fmt_mac(&mac),
         local_ip = %Ipv4Addr::from(local_ip),
         workers,
+        rx_ring = cfg.director.rx_ring,
         services = shared.services.len(),
         "l4-front running"
     );

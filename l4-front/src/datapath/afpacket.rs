@@ -45,6 +45,12 @@ pub struct PacketSocket {
     fd: OwnedFd,
 }
 
+impl AsRawFd for PacketSocket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -115,6 +121,27 @@ impl PacketSocket {
     /// nftables netdev-ingress rule would drop) and joins fanout group
     /// `group` when given.
     pub fn open(ifname: &str, group: Option<u16>) -> io::Result<PacketSocket> {
+        Self::open_inner(ifname, group, None).map(|(s, _)| s)
+    }
+
+    /// The same with a TPACKET_V3 receive ring of `blocks` × `block_size`
+    /// bytes (set up before binding, as the kernel requires).
+    pub fn open_ring(
+        ifname: &str,
+        group: Option<u16>,
+        block_size: usize,
+        blocks: usize,
+    ) -> io::Result<(PacketSocket, super::ring::RxRing)> {
+        let (s, r) = Self::open_inner(ifname, group, Some((block_size, blocks)))?;
+        let r = r.ok_or_else(|| io::Error::other("ring not set up"))?;
+        Ok((s, r))
+    }
+
+    fn open_inner(
+        ifname: &str,
+        group: Option<u16>,
+        ring: Option<(usize, usize)>,
+    ) -> io::Result<(PacketSocket, Option<super::ring::RxRing>)> {
         let idx = ifindex(ifname)?;
         // SAFETY: socket() returns a new fd or -1.
         let raw = cvt(unsafe {
@@ -126,6 +153,7 @@ impl PacketSocket {
         })?;
         // SAFETY: raw is a fresh fd we own.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let sock = PacketSocket { fd };
         let one: libc::c_int = 1;
         setopt(raw, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one)?;
         setopt(raw, SOL_PACKET, PACKET_AUXDATA, &one)?;
@@ -138,6 +166,10 @@ impl PacketSocket {
             tv_usec: 100_000,
         };
         setopt(raw, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
+        let ring = match ring {
+            Some((bs, n)) => Some(super::ring::RxRing::setup(&sock, bs, n, 1)?),
+            None => None,
+        };
         // SAFETY: zeroed sockaddr_ll is valid; fields set below.
         let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
@@ -155,7 +187,7 @@ impl PacketSocket {
             let arg: u32 = g as u32 | (PACKET_FANOUT_HASH << 16);
             setopt(raw, SOL_PACKET, PACKET_FANOUT, &arg)?;
         }
-        Ok(PacketSocket { fd })
+        Ok((sock, ring))
     }
 
     /// Receives one frame into `buf`. `Ok(None)` on timeout or EINTR.

@@ -4,6 +4,7 @@
 pub mod afpacket;
 pub mod neigh;
 pub mod process;
+pub mod ring;
 pub mod worker;
 
 pub use process::{Processor, Verdict};
