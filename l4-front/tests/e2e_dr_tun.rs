@@ -50,6 +50,15 @@ fn run_case(method: &str) {
         }
     }
     let cfg = director_config(&lab, method, 2, rport, "");
+    if nat {
+        // Exercise the recvmmsg receive path too (the others use the ring).
+        let t = std::fs::read_to_string(&cfg).unwrap();
+        std::fs::write(
+            &cfg,
+            t.replace("[director]\n", "[director]\nrx_ring = false\n"),
+        )
+        .unwrap();
+    }
     let sniff = Sniffer::start(&lab.ns("dir"), "d0", [10, 201, 2, 100]);
     lab.spawn(
         "dir",
