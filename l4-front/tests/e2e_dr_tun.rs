@@ -334,3 +334,60 @@ fn tun_large_upload_gets_frag_needed_and_completes() {
         "{st:?}"
     );
 }
+
+/// A UDP service in DR: the datagram reaches the real server through the
+/// director and the answer comes back from VIP:53 directly; the director
+/// tracks the flow as one UDP connection.
+#[test]
+fn dr_udp_service() {
+    skip_unless_lab!();
+    let mut lab = Lab::new("d");
+    lab.build(1);
+    lab.udp_echo("rs1", VIP, 53, "rs1");
+    let cfg = lab.dir.join("udp.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[director]\ninterface = \"d0\"\nstats_file = \"{}\"\nstats_interval_ms = 100\n\
+             [[service]]\nvip = \"{VIP}\"\nport = 53\nprotocol = \"udp\"\nscheduler = \"rr\"\n\
+             [[service.real_server]]\naddress = \"10.201.2.11\"\n",
+            lab.dir.join("stats").display()
+        ),
+    )
+    .unwrap();
+    lab.spawn(
+        "dir",
+        "l4-front",
+        &[
+            env!("CARGO_BIN_EXE_l4-front"),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let stats_path = lab.dir.join("stats");
+    lab.wait_for_file(&stats_path, "l4-front", "l4-front");
+    let vip: std::net::SocketAddr = format!("{VIP}:53").parse().unwrap();
+    for q in ["one", "two"] {
+        let (a, from) = common::udp_query(&lab.ns("cl"), vip, q.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}: {:?}", stats(&stats_path)));
+        assert_eq!(a, format!("rs1:{q}"));
+        assert_eq!(from, vip, "the answer comes from the VIP");
+    }
+    std::thread::sleep(Duration::from_millis(250));
+    let st = stats(&stats_path);
+    assert!(
+        st.get("service.10.201.2.100:53/udp.packets")
+            .copied()
+            .unwrap_or(0)
+            >= 2,
+        "{st:?}"
+    );
+    assert!(
+        st.get("service.10.201.2.100:53/udp.conns")
+            .copied()
+            .unwrap_or(0)
+            >= 1,
+        "{st:?}"
+    );
+}

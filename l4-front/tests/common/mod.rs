@@ -385,6 +385,36 @@ impl Lab {
         self.servers.push((role.to_string(), stop, h));
     }
 
+    /// A UDP echo server on `ip`:`port` in namespace `role`, answering each
+    /// datagram with `<tag>:` + the datagram. (Bound to the address, as a
+    /// UDP server behind a VIP must be, so answers leave from it.)
+    pub fn udp_echo(&mut self, role: &str, ip: &str, port: u16, tag: &str) {
+        let ip: std::net::Ipv4Addr = ip.parse().expect("ip");
+        let ns = self.ns(role);
+        let tag = tag.to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = std::thread::spawn(move || {
+            enter_netns(&ns);
+            let s = std::net::UdpSocket::bind((ip, port)).expect("bind udp");
+            s.set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("timeout");
+            tx.send(()).ok();
+            let mut b = [0u8; 2048];
+            while !st.load(Ordering::Relaxed) {
+                if let Ok((n, peer)) = s.recv_from(&mut b) {
+                    let mut out = format!("{tag}:").into_bytes();
+                    out.extend_from_slice(&b[..n]);
+                    let _ = s.send_to(&out, peer);
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("udp server up");
+        self.servers.push((role.to_string(), stop, h));
+    }
+
     /// Stops (closes the listener of) the HTTP server in namespace `role`.
     pub fn stop_http_server(&mut self, role: &str) {
         while let Some(i) = self.servers.iter().position(|(r, _, _)| r == role) {
@@ -454,6 +484,34 @@ pub fn http_get(ns: &str, addr: SocketAddr) -> Result<String, String> {
         s.read_to_string(&mut out)
             .map_err(|e| format!("read: {e}"))?;
         Ok(out)
+    })
+    .join()
+    .unwrap_or_else(|_| Err("client thread panicked".into()))
+}
+
+/// One UDP request/response from namespace `ns`; returns the answer and
+/// the address it came from.
+pub fn udp_query(
+    ns: &str,
+    addr: SocketAddr,
+    payload: &[u8],
+) -> Result<(String, SocketAddr), String> {
+    let ns = ns.to_string();
+    let payload = payload.to_vec();
+    std::thread::spawn(move || {
+        enter_netns(&ns);
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_millis(700)))
+            .map_err(|e| e.to_string())?;
+        let mut b = [0u8; 2048];
+        // The first datagram may be lost while the router resolves the VIP.
+        for _ in 0..5 {
+            s.send_to(&payload, addr).map_err(|e| e.to_string())?;
+            if let Ok((n, from)) = s.recv_from(&mut b) {
+                return Ok((String::from_utf8_lossy(&b[..n]).into_owned(), from));
+            }
+        }
+        Err("no UDP answer".into())
     })
     .join()
     .unwrap_or_else(|_| Err("client thread panicked".into()))
