@@ -43,6 +43,17 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
         Some(ip) => u32::from(ip),
         None => afpacket::if_ipv4(&iface).map_err(ierr)?,
     };
+    for svc in &cfg.services {
+        // A VIP that is a local address makes this kernel answer the
+        // clients itself (RSTs); the deployment keeps it off the director.
+        if std::net::UdpSocket::bind((svc.vip, 0)).is_ok() {
+            tracing::warn!(
+                vip = %svc.vip,
+                "the VIP is configured on this host: its kernel will answer VIP traffic \
+                 (remove the address, or drop it with an nftables netdev ingress rule)"
+            );
+        }
+    }
     let seed = SeededState::random().seed;
     let shared = Arc::new(Shared::new(&cfg, mac, local_ip, seed));
     resolve_macs(&shared, Duration::from_secs(2));
