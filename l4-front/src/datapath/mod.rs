@@ -1,0 +1,10 @@
+//! The data path: AF_PACKET sockets, the per-worker loop and the pure
+//! per-packet pipeline.
+
+pub mod afpacket;
+pub mod neigh;
+pub mod process;
+pub mod ring;
+pub mod worker;
+
+pub use process::{Processor, Verdict};

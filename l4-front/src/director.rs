@@ -1,0 +1,364 @@
+//! `run(config, shutdown)`: starts the workers and runs the control loop
+//! (clock, slow timer, neighbour resolution, statistics) until `shutdown`.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, SyncRole};
+use crate::datapath::afpacket::{self, PacketSocket};
+use crate::datapath::{neigh, worker, Processor};
+use crate::hash::SeededState;
+use crate::packet::rewrite;
+use crate::service::Shared;
+use crate::stats::{Snapshot, WorkerStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("interface {iface}: {source}")]
+    Interface {
+        iface: String,
+        source: std::io::Error,
+    },
+    #[error("opening packet socket on {iface}: {source}")]
+    Socket {
+        iface: String,
+        source: std::io::Error,
+    },
+    #[error("spawning worker: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// Runs the director until `shutdown` becomes true.
+pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
+    let iface = cfg.director.interface.clone();
+    let ierr = |source| RunError::Interface {
+        iface: iface.clone(),
+        source,
+    };
+    let mac = afpacket::if_mac(&iface).map_err(ierr)?;
+    let local_ip = match cfg.director.local_ip {
+        Some(ip) => u32::from(ip),
+        None => afpacket::if_ipv4(&iface).map_err(ierr)?,
+    };
+    for svc in &cfg.services {
+        // A VIP that is a local address makes this kernel answer the
+        // clients itself (RSTs); the deployment keeps it off the director.
+        if std::net::UdpSocket::bind((svc.vip, 0)).is_ok() {
+            tracing::warn!(
+                vip = %svc.vip,
+                "the VIP is configured on this host: its kernel will answer VIP traffic \
+                 (remove the address, or drop it with an nftables netdev ingress rule)"
+            );
+        }
+    }
+    let seed = SeededState::random().seed;
+    let shared = Arc::new(Shared::new(&cfg, mac, local_ip, seed));
+    resolve_macs(&shared, Duration::from_secs(2));
+
+    let workers = match cfg.director.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let group = (std::process::id() & 0xffff) as u16;
+    let clock = Arc::new(AtomicU32::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut stats = Vec::new();
+    let mut handles = Vec::new();
+    let mut first: Option<PacketSocket> = None;
+    for i in 0..workers {
+        let sock_err = |source| RunError::Socket {
+            iface: iface.clone(),
+            source,
+        };
+        // TPACKET_V3 ring (8 × 1 MiB blocks) unless disabled or refused.
+        let ring = if cfg.director.rx_ring {
+            match PacketSocket::open_ring(&iface, Some(group), 1 << 20, 8) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "TPACKET_V3 ring refused; using recvmmsg");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if first.is_none() {
+            // A second, non-fanout socket for control-plane sends (ARP).
+            first = PacketSocket::open(&iface, None).ok();
+        }
+        let st = Arc::new(WorkerStats::new(&shared.shape()));
+        stats.push(st.clone());
+        let proc = Processor::new(shared.clone(), st);
+        let (c, s) = (clock.clone(), stop.clone());
+        let builder = std::thread::Builder::new().name(format!("l4-worker-{i}"));
+        let h = match ring {
+            Some((sock, ring)) => builder.spawn(move || worker::run_ring(sock, ring, proc, c, s)),
+            None => {
+                let sock = PacketSocket::open(&iface, Some(group)).map_err(sock_err)?;
+                builder.spawn(move || worker::run(sock, proc, c, s))
+            }
+        }
+        .map_err(RunError::Spawn)?;
+        handles.push(h);
+    }
+    let health = {
+        let (sh, st) = (shared.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("l4-health".into())
+            .spawn(move || crate::health::run(sh, st))
+            .map_err(RunError::Spawn)?
+    };
+    let rates: Arc<std::sync::Mutex<String>> = Arc::default();
+    let control = match cfg.director.control_socket.clone() {
+        Some(path) => {
+            let (sh, st) = (shared.clone(), stop.clone());
+            let (rates2, stats2, sh2) = (rates.clone(), stats.clone(), shared.clone());
+            let render: Box<dyn Fn() -> String + Send> =
+                Box::new(move || render_stats(&rates2, &sh2, &stats2));
+            Some(
+                std::thread::Builder::new()
+                    .name("l4-control".into())
+                    .spawn(move || {
+                        if let Err(e) = crate::control::serve(&path, sh, render, st) {
+                            tracing::error!(error = %e, path = %path.display(), "control socket");
+                        }
+                    })
+                    .map_err(RunError::Spawn)?,
+            )
+        }
+        None => None,
+    };
+    tracing::info!(
+        interface = %iface,
+        mac = %crate::packet::fmt_mac(&mac),
+        local_ip = %Ipv4Addr::from(local_ip),
+        workers,
+        rx_ring = cfg.director.rx_ring,
+        services = shared.services.len(),
+        "l4-front running"
+    );
+    if let (Some(s), true) = (&first, shared.answer_arp) {
+        if shared.active.load(Ordering::Relaxed) {
+            announce(s, &shared);
+        }
+    }
+    let mut sync_sender = None;
+    let mut sync_thread = None;
+    match cfg.director_sync() {
+        Some((SyncRole::Master, sc)) => {
+            shared.table.set_sync(true);
+            if let Some(peer) = sc.peer {
+                match crate::sync::Sender::new(peer) {
+                    Ok(s) => sync_sender = Some((s, sc.interval_ms)),
+                    Err(e) => tracing::error!(error = %e, "sync sender"),
+                }
+            }
+        }
+        Some((SyncRole::Backup, sc)) => {
+            let (sh, st, ck) = (shared.clone(), stop.clone(), clock.clone());
+            let iface2 = iface.clone();
+            let listen = sc.listen.unwrap_or_else(|| ([0, 0, 0, 0], 8848).into());
+            let dead = Duration::from_millis(sc.dead_ms);
+            tracing::info!(%listen, "backup director: waiting for the master");
+            sync_thread = Some(
+                std::thread::Builder::new()
+                    .name("l4-sync".into())
+                    .spawn(move || {
+                        let sh2 = sh.clone();
+                        let r = crate::sync::receive(
+                            listen,
+                            dead,
+                            st,
+                            |c| sh.apply_sync(c, ck.load(Ordering::Relaxed)),
+                            move || {
+                                tracing::warn!(
+                                    synced = sh2.table.len(),
+                                    "master silent: taking over the VIPs"
+                                );
+                                sh2.active.store(true, Ordering::Relaxed);
+                                if let Ok(s) = PacketSocket::open(&iface2, None) {
+                                    for _ in 0..3 {
+                                        announce(&s, &sh2);
+                                        std::thread::sleep(Duration::from_millis(100));
+                                    }
+                                }
+                            },
+                        );
+                        if let Err(e) = r {
+                            tracing::error!(error = %e, "sync receiver");
+                        }
+                    })
+                    .map_err(RunError::Spawn)?,
+            );
+        }
+        None => {}
+    }
+    let mut last_sync = Instant::now();
+
+    let start = Instant::now();
+    let labels: Vec<String> = shared.services.iter().map(|s| s.label()).collect();
+    let mut prev = (Instant::now(), Snapshot::collect(&stats));
+    let interval = Duration::from_millis(cfg.director.stats_interval_ms);
+    let mut last_stats = Instant::now();
+    let mut last_tick = 0u32;
+    let mut last_neigh = Instant::now();
+    while !shutdown.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = start.elapsed().as_secs() as u32;
+        clock.store(now, Ordering::Relaxed);
+        if now != last_tick {
+            last_tick = now;
+            let n = shared.table.expire(now, |c| shared.on_expire(c));
+            let dropped = shared.defend(now);
+            if dropped > 0 {
+                tracing::debug!(dropped, "drop_entry");
+            }
+            if n > 0 {
+                tracing::debug!(expired = n, left = shared.table.len(), "slow timer");
+            }
+        }
+        if let Some((sender, every)) = &mut sync_sender {
+            if last_sync.elapsed() >= Duration::from_millis(*every) {
+                last_sync = Instant::now();
+                sender.send(&shared.table.drain_sync());
+            }
+        }
+        if last_neigh.elapsed() >= Duration::from_secs(5) {
+            last_neigh = Instant::now();
+            resolve_macs(&shared, Duration::ZERO);
+        }
+        if last_stats.elapsed() >= interval {
+            last_stats = Instant::now();
+            let cur = Snapshot::collect(&stats);
+            let secs = prev.0.elapsed().as_secs_f64();
+            let text = crate::stats::render_rates(&prev.1, &cur, secs, &labels);
+            *rates.lock().unwrap_or_else(|e| e.into_inner()) = text;
+            prev = (Instant::now(), cur);
+            write_stats(&cfg, &rates, &shared, &stats);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    let _ = health.join();
+    if let Some(t) = sync_thread {
+        let _ = t.join();
+    }
+    if let Some(c) = control {
+        let _ = c.join();
+    }
+    write_stats(&cfg, &rates, &shared, &stats);
+    tracing::info!("l4-front stopped");
+    Ok(())
+}
+
+/// Gratuitous ARP for every VIP (start-up and, later, takeover).
+fn announce(sock: &PacketSocket, shared: &Shared) {
+    let mut buf = [0u8; 64];
+    for &vip in shared.vips.iter() {
+        let n = rewrite::gratuitous_arp(&mut buf, shared.local_mac, vip);
+        if let Err(e) = sock.send(&buf[..n]) {
+            tracing::warn!(error = %e, "gratuitous ARP failed");
+        }
+    }
+}
+
+/// Resolves unknown real-server MACs, waiting up to `wait`. Returns whether
+/// any MAC was newly learnt.
+fn resolve_macs(shared: &Shared, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    let mut learnt = false;
+    loop {
+        let mut missing = 0;
+        for s in &shared.services {
+            for (j, rs) in s.servers.iter().enumerate() {
+                if s.mac(j).is_some() {
+                    continue;
+                }
+                let ip = Ipv4Addr::from(rs.addr);
+                match neigh::lookup(ip) {
+                    Some(m) => {
+                        s.set_mac(j, m);
+                        learnt = true;
+                        tracing::info!(real_server = %ip, mac = %crate::packet::fmt_mac(&m), "resolved");
+                    }
+                    None => {
+                        neigh::provoke(ip);
+                        missing += 1;
+                    }
+                }
+            }
+        }
+        if missing == 0 || Instant::now() >= deadline {
+            if missing > 0 && !wait.is_zero() {
+                tracing::warn!(missing, "real servers without a MAC yet (retrying)");
+            }
+            return learnt;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn render_stats(
+    rates: &std::sync::Mutex<String>,
+    shared: &Shared,
+    stats: &[Arc<WorkerStats>],
+) -> String {
+    let snap = Snapshot::collect(stats);
+    let labels: Vec<String> = shared.services.iter().map(|s| s.label()).collect();
+    let rs_labels: Vec<Vec<String>> = shared
+        .services
+        .iter()
+        .map(|s| {
+            s.servers
+                .iter()
+                .map(|r| format!("{}:{}", Ipv4Addr::from(r.addr), r.port))
+                .collect()
+        })
+        .collect();
+    let mut text = snap.render(
+        &labels,
+        &rs_labels,
+        &[("connections", shared.table.len() as u64)],
+    );
+    for ((s, l), rls) in shared.services.iter().zip(&labels).zip(&rs_labels) {
+        for (r, rl) in s.servers.iter().zip(rls) {
+            let _ = std::fmt::Write::write_fmt(
+                &mut text,
+                format_args!(
+                    "rs.{l}.{rl}.active {}\nrs.{l}.{rl}.inactive {}\nrs.{l}.{rl}.up {}\n",
+                    r.active.load(Ordering::Relaxed),
+                    r.inactive.load(Ordering::Relaxed),
+                    r.is_up() as u8
+                ),
+            );
+        }
+    }
+    text.push_str(&rates.lock().unwrap_or_else(|e| e.into_inner()));
+    text
+}
+
+fn write_stats(
+    cfg: &Config,
+    rates: &std::sync::Mutex<String>,
+    shared: &Shared,
+    stats: &[Arc<WorkerStats>],
+) {
+    let Some(path) = &cfg.director.stats_file else {
+        return;
+    };
+    let text = render_stats(rates, shared, stats);
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, text).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+/// Convenience for `--check`: loads and checks a file.
+pub fn check(path: &Path) -> Result<Config, crate::config::ConfigError> {
+    Config::load(path)
+}
