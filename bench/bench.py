@@ -50,16 +50,17 @@ MAIN = ["ktcpvs", "haproxy", "nginx"]
 SPLICE_SIZES = [1024, 4096, 16384, 65536, 262144, 1048576, 10485760]
 OBJ_1K = "/o1000.bin"
 OBJ_300K = "/o300000.bin"
+OBJ_SIZE = {f"/o{n}.bin": n for n in [1000, 300000] + SPLICE_SIZES}
 
 # Fixed offered loads (same for every proxy, below all their capacities on the
 # reference 2-core machine; see RESULTS.md for the measured capacities).
-KA_RATE = 10000          # keep-alive requests/s (httperf: KA_RATE/100 conn/s x 100 calls)
-KA_LAT_DELAY_MS = 5      # wrk -c64 with 5 ms think time ~ 64/(5 ms + rtt) req/s
+KA_RATE = 4000           # keep-alive requests/s (httperf: KA_RATE/100 conn/s x 100 calls)
+KA_LAT_DELAY_MS = 15     # wrk -c64 with 15 ms think time ~ 64/(15 ms + rtt) ~ 4,000 req/s
 CLOSE_RATE_1K = 2000     # one request per connection, conn/s
-CLOSE_RATE_300K = 1000
+CLOSE_RATE_300K = 500
 # splice sweep: requests/s per body size (kept well below capacity).
-SPLICE_RATE = {1024: 2000, 4096: 2000, 16384: 2000, 65536: 1500,
-               262144: 800, 1048576: 250, 10485760: 30}
+SPLICE_RATE = {1024: 2500, 4096: 2500, 16384: 2500, 65536: 1500,
+               262144: 500, 1048576: 120, 10485760: 12}
 
 PROCS = []   # every process we started: (name, Popen)
 
@@ -365,6 +366,8 @@ def wrk(port, path, dur, conns=64, headers=(), script=None):
     r = parse_wrk(p.stdout)
     r["tool"] = "wrk"
     r["cmd"] = " ".join(cmd[3:])
+    if r.get("requests") and r["sock_err"].get("read", 0) > 0.01 * r["requests"]:
+        r["truncated"] = True   # wrk counts a connection closed mid-body as a read error
     if p.returncode != 0:
         r["rc"] = p.returncode
         r["stderr"] = p.stderr[-500:]
@@ -388,6 +391,9 @@ def parse_httperf(txt):
     if m:
         r["conn_ms_avg"] = float(m.group(2))
         r["conn_ms_max"] = float(m.group(3))
+    m = re.search(r"Reply size \[B\]: header ([\d.]+) content ([\d.]+)", txt)
+    if m:
+        r["content_avg"] = float(m.group(2))
     m = re.search(r"Reply status: 1xx=(\d+) 2xx=(\d+) 3xx=(\d+) 4xx=(\d+) 5xx=(\d+)", txt)
     r["ok"] = int(m.group(2)) if m else 0
     r["non2xx"] = sum(int(m.group(i)) for i in (1, 3, 4, 5)) if m else 0
@@ -404,6 +410,8 @@ def parse_httperf(txt):
 
 
 def httperf(port, path, rate, conns, calls, timeout=5):
+    """Fixed-rate load; flags replies whose average body is shorter than the
+    object (httperf counts a truncated reply as a reply, not as an error)."""
     cmd = ["taskset", "-c", CLIENT_CORE, "httperf", "--hog", "--server", "127.0.0.1",
            "--port", str(port), "--uri", path, "--rate", str(rate), "--num-conns", str(conns),
            "--num-calls", str(calls), "--timeout", str(timeout)]
@@ -411,6 +419,10 @@ def httperf(port, path, rate, conns, calls, timeout=5):
     r = parse_httperf(p.stdout)
     r["tool"] = "httperf"
     r["cmd"] = " ".join(cmd[3:])
+    want = OBJ_SIZE.get(path)
+    if want and r.get("content_avg") is not None and r["content_avg"] < want - 0.5:
+        r["truncated"] = True
+        r["content_expected"] = want
     if p.returncode != 0:
         r["rc"] = p.returncode
         r["stderr"] = p.stderr[-500:]
@@ -511,7 +523,16 @@ class Bench:
         if sent is not None and sent != r.get("replies"):
             errs += sent - r.get("replies", 0)
         r["error_count"] = errs
-        if errs:
+        if r.get("truncated"):
+            log(f"  INCIDENT: {name} {test}: responses truncated (avg body "
+                f"{r.get('content_avg')} of {r.get('content_expected')} bytes; wrk read errors "
+                f"{r.get('sock_err', {}).get('read')})")
+            self.incidents.append({"proxy": name, "test": test, "what": "truncated responses",
+                                   "content_avg": r.get("content_avg"),
+                                   "content_expected": r.get("content_expected"),
+                                   "errors": r.get("errors") or r.get("sock_err"), "cmd": r.get("cmd"),
+                                   "log_tail": self.log_tail(name, 1500)})
+        elif errs:
             log(f"  note: {name} {test}: errors {r.get('errors') or r.get('sock_err')} "
                 f"non2xx={r.get('non2xx')}")
             self.incidents.append({"proxy": name, "test": test, "what": "client errors",
@@ -531,7 +552,7 @@ class Bench:
         D_MAX = 3 if q else 10          # wrk max-throughput runs
         D_FIX = 2 if q else 5           # fixed-rate runs (seconds of offered load)
         D_CLOSE = 3 if q else 5
-        D_SPL = 1 if q else 2.5
+        D_SPL = 1 if q else 3
         reps = self.reps
         main = MAIN
         ka_lat_script = os.path.join(self.tmp, "delay.lua")
@@ -553,11 +574,11 @@ class Bench:
                     PORTS[n], OBJ_1K, D_MAX, script=ka_lat_script)))
         for obj, rate, tag in ((OBJ_1K, CLOSE_RATE_1K, "1k"), (OBJ_300K, CLOSE_RATE_300K, "300k")):
             for rep in range(reps):
-                for n in main:
+                for n in main + (["ktcpvs-copy"] if tag == "300k" else []):
                     plan.append((f"close_max_{tag}", n, lambda n=n, obj=obj: wrk(
                         PORTS[n], obj, D_CLOSE, headers=["Connection: close"])))
             for rep in range(reps):
-                for n in main + (["ktcpvs-2w"] if tag == "1k" else []):
+                for n in main + (["ktcpvs-2w"] if tag == "1k" else ["ktcpvs-copy"]):
                     plan.append((f"close_fixed_{tag}", n, lambda n=n, obj=obj, rate=rate: httperf(
                         PORTS[n], obj, rate, int(rate * D_FIX), 1)))
         for size in SPLICE_SIZES:
@@ -578,8 +599,28 @@ class Bench:
             log(f"  -> rps={r.get('rps', 0):.0f} cpu_us={fmt(r.get('cpu_us'))} "
                 f"p99={fmt(r.get('p99_ms'))}ms errors={r['error_count']}")
 
+        self.threads = self.thread_census()
         if not q and not self.args.no_strace and shutil.which("strace"):
-            self.strace_counts()
+            try:
+                self.strace_counts()
+            except Exception as e:  # noqa: BLE001 - strace is an extra, never fatal
+                log(f"strace step failed: {e}")
+
+    def thread_census(self):
+        """Thread names per proxy after the load (io_uring io-wq workers show as iou-wrk-*)."""
+        out = {}
+        for n, p in self.proxies.items():
+            names = {}
+            for pid in descendants(p.pid):
+                try:
+                    for tid in os.listdir(f"/proc/{pid}/task"):
+                        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                            c = re.sub(r"\d+$", "N", f.read().strip())
+                        names[c] = names.get(c, 0) + 1
+                except OSError:
+                    pass
+            out[n] = names
+        return out
 
     def strace_counts(self):
         """Syscalls per request under a modest fixed keep-alive load (strace -c -f)."""
@@ -639,7 +680,8 @@ def summarize(raw):
         groups.setdefault((r["test"], r["proxy"]), []).append(r)
     s = {}
     for key, rs in groups.items():
-        m = {"n": len(rs), "errors": sum(r["error_count"] for r in rs)}
+        m = {"n": len(rs), "errors": sum(r["error_count"] for r in rs),
+             "truncated": any(r.get("truncated") for r in rs)}
         for fld in ("rps", "cps", "p50_ms", "p99_ms", "cpu_us", "user_frac", "reply_ms",
                     "cpu_user_s", "cpu_sys_s", "cpu0_busy_pct", "cpu1_busy_pct", "ok"):
             m[fld] = med([r.get(fld) for r in rs])
@@ -683,6 +725,11 @@ def human(n):
 def report(s, meta, strace=None):
     L = []
     g = lambda t, p, f: s.get((t, p), {}).get(f)
+
+    def c(t, p, f, nd=1):
+        """A table cell; marks medians that include truncated responses."""
+        v = fmt(g(t, p, f), nd)
+        return v + " ✗trunc" if s.get((t, p), {}).get("truncated") and v != "-" else v
     L.append(f"Medians of {meta['reps']} runs per cell, proxies interleaved; "
              f"proxy on core {PROXY_CORE}, origins + clients on core {CLIENT_CORE}.\n")
     L.append("### Keep-alive, 1,000-byte object\n")
@@ -705,22 +752,26 @@ def report(s, meta, strace=None):
              f"| conn/s 300,000 B (wrk) | CPU µs/conn (wrk) "
              f"| CPU µs/conn 300,000 B (httperf @{CLOSE_RATE_300K}/s) | user share | errors |")
     L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for p in MAIN + ["ktcpvs-2w"]:
+    for p in MAIN + ["ktcpvs-2w", "ktcpvs-copy"]:
         errs = sum((s.get((t, p), {}).get("errors") or 0)
                    for t in ("close_max_1k", "close_fixed_1k", "close_max_300k", "close_fixed_300k"))
         u1 = g("close_fixed_1k", p, "user_frac")
         u3 = g("close_fixed_300k", p, "user_frac")
-        L.append(f"| {p} | {fmt(g('close_max_1k', p, 'rps'), 0)} | {fmt(g('close_max_1k', p, 'cpu_us'), 1)} "
-                 f"| {fmt(g('close_fixed_1k', p, 'cpu_us'), 1)} | {fmt(u1 * 100 if u1 is not None else None, 0)}% "
-                 f"| {fmt(g('close_max_300k', p, 'rps'), 0)} | {fmt(g('close_max_300k', p, 'cpu_us'), 1)} "
-                 f"| {fmt(g('close_fixed_300k', p, 'cpu_us'), 1)} | {fmt(u3 * 100 if u3 is not None else None, 0)}% "
+        L.append(f"| {p} | {c('close_max_1k', p, 'rps', 0)} | {c('close_max_1k', p, 'cpu_us', 1)} "
+                 f"| {c('close_fixed_1k', p, 'cpu_us', 1)} | {fmt(u1 * 100 if u1 is not None else None, 0)}% "
+                 f"| {c('close_max_300k', p, 'rps', 0)} | {c('close_max_300k', p, 'cpu_us', 1)} "
+                 f"| {c('close_fixed_300k', p, 'cpu_us', 1)} | {fmt(u3 * 100 if u3 is not None else None, 0)}% "
                  f"| {errs} |")
     L.append("")
-    L.append("### Core utilisation during the max-throughput runs (median %)\n")
+    L.append("`ktcpvs-copy` = ktcpvs workers=1 with splice_threshold = 1000000000 (bodies always copied); "
+             "`ktcpvs` uses the default threshold (64 KiB), so its 300,000-byte bodies take the splice path. "
+             "✗trunc = responses were cut short (wrk read errors / httperf average body smaller than the object): "
+             "the CPU figure then does not measure a complete transfer.\n")
+    L.append("### Core utilisation during the max-throughput runs (median %, all processes on the machine, other tenants included)\n")
     L.append("| test | proxy | core 0 (proxy) busy | core 1 (clients + origins) busy |")
     L.append("|---|---|---:|---:|")
     for t in ("ka_max", "close_max_1k", "close_max_300k"):
-        for p in MAIN:
+        for p in MAIN + (["ktcpvs-copy"] if t == "close_max_300k" else []):
             L.append(f"| {t} | {p} | {fmt(g(t, p, 'cpu0_busy_pct'), 0)} | {fmt(g(t, p, 'cpu1_busy_pct'), 0)} |")
     L.append("")
 
@@ -734,13 +785,18 @@ def report(s, meta, strace=None):
     t("keep-alive req/s vs HAProxy (wrk -c64)", ratio(g("ka_max", k, "rps"), g("ka_max", h, "rps")), 1.3, False)
     t("1 req/conn CPU/conn vs HAProxy, 1,000 B (httperf fixed rate)", ratio(g("close_fixed_1k", k, "cpu_us"), g("close_fixed_1k", h, "cpu_us")), 0.67, True)
     t("1 req/conn CPU/conn vs HAProxy, 300,000 B (httperf fixed rate)", ratio(g("close_fixed_300k", k, "cpu_us"), g("close_fixed_300k", h, "cpu_us")), 0.5, True)
+    t("(extra) 1 req/conn CPU/conn vs HAProxy, 300,000 B, ktcpvs-copy (splice off)", ratio(g("close_fixed_300k", "ktcpvs-copy", "cpu_us"), g("close_fixed_300k", h, "cpu_us")), 0.5, True)
     t("keep-alive p99 at the same offered load vs HAProxy (wrk fixed think time)", ratio(g("ka_fixed_lat", k, "p99_ms"), g("ka_fixed_lat", h, "p99_ms")), 1.0, True)
     t("2 workers vs 1 worker CPU/req, keep-alive (httperf fixed rate)", ratio(g("ka_fixed", "ktcpvs-2w", "cpu_us"), g("ka_fixed", k, "cpu_us")), 1.1, True)
     L.append("### Targets (ktcpvs, ratios from this run)\n")
     L.append("| target | measured ratio | required | result |")
     L.append("|---|---:|---:|---|")
+    trunc = {"300,000 B (httperf": s.get(("close_fixed_300k", k), {}).get("truncated")}
     for name, val, lim, ok in tg:
-        L.append(f"| {name} | {fmt(val, 2)} | {lim} | {'PASS' if ok else ('FAIL' if ok is False else 'n/a')} |")
+        res = 'PASS' if ok else ('FAIL' if ok is False else 'n/a')
+        if any(key in name for key, bad in trunc.items() if bad) and "ktcpvs-copy" not in name:
+            res = "INVALID (ktcpvs truncated the responses)"
+        L.append(f"| {name} | {fmt(val, 2)} | {lim} | {res} |")
     L.append("")
     L.append("Secondary (not targets): "
              f"CPU/req keep-alive from the wrk max runs ktcpvs/HAProxy = {fmt(ratio(g('ka_max', k, 'cpu_us'), g('ka_max', h, 'cpu_us')), 2)}; "
@@ -758,20 +814,33 @@ def report(s, meta, strace=None):
         cs[mode] = (sp, cp)
     for i, z in enumerate(SPLICE_SIZES):
         a, b = cs["close"][0][i], cs["close"][1][i]
-        c, d = cs["ka"][0][i], cs["ka"][1][i]
-        L.append(f"| {human(z)} | {SPLICE_RATE[z]} | {fmt(a, 1)} | {fmt(b, 1)} | {fmt(ratio(a, b), 2)} "
-                 f"| {fmt(c, 1)} | {fmt(d, 1)} | {fmt(ratio(c, d), 2)} |")
+        c2, d = cs["ka"][0][i], cs["ka"][1][i]
+        L.append(f"| {human(z)} | {SPLICE_RATE[z]} | {c(f'splice_close_{z}', 'ktcpvs-splice', 'cpu_us')} "
+                 f"| {c(f'splice_close_{z}', 'ktcpvs-copy', 'cpu_us')} | {fmt(ratio(a, b), 2)} "
+                 f"| {c(f'splice_ka_{z}', 'ktcpvs-splice', 'cpu_us')} | {c(f'splice_ka_{z}', 'ktcpvs-copy', 'cpu_us')} "
+                 f"| {fmt(ratio(c2, d), 2)} |")
     L.append("")
     xo = {}
     for mode, label in (("close", "one request per connection"), ("ka", "keep-alive")):
         first, interp = crossover(SPLICE_SIZES, *cs[mode])
-        xo[mode] = {"first_size_splice_stays_cheaper": first, "interpolated_bytes": interp}
-        if first is None:
+        bad = [z for z in SPLICE_SIZES if s.get((f"splice_{mode}_{z}", "ktcpvs-splice"), {}).get("truncated")]
+        xo[mode] = {"first_size_splice_stays_cheaper": first, "interpolated_bytes": interp,
+                    "splice_truncated_sizes": bad}
+        if bad:
+            L.append(f"- crossover, {label}: NOT MEASURABLE — with splice the responses of "
+                     f"{', '.join(human(z) for z in bad)} were truncated, so splice CPU there is not "
+                     f"the cost of a full transfer (raw ratio crossing: "
+                     f"{human(interp) if interp else 'none'})")
+        elif first is None:
             L.append(f"- crossover, {label}: splice is not cheaper at every size above any tested size")
         else:
             L.append(f"- crossover, {label}: splice cheaper from {human(first)} up "
                      f"(log-interpolated crossing ≈ {human(interp)})")
     L.append("")
+    if meta.get("threads"):
+        L.append("Threads of each proxy after the load (name: count; iou-wrk-N = io_uring io-wq workers): "
+                 + "; ".join(f"{p}: " + ", ".join(f"{k} {v}" for k, v in sorted(t.items()))
+                             for p, t in meta["threads"].items()) + "\n")
     if strace:
         L.append("### Syscalls per request (strace -c -f, keep-alive 1,000 B, httperf 2,000 req/s; strace slows the proxy, counts only)\n")
         L.append("| proxy | syscalls/req | top syscalls (per req) |")
@@ -891,11 +960,13 @@ def main():
         b.teardown()
     meta["duration_s"] = round(time.time() - t0)
     s = summarize(b.raw)
+    meta["threads"] = getattr(b, "threads", None)
     md, targets, xo, cs = report(s, meta, getattr(b, "strace", None))
     stamp = time.strftime("%Y%m%dT%H%M%S")
     result = {"meta": meta, "runs": b.raw, "summary": {f"{t}|{p}": v for (t, p), v in s.items()},
               "targets": [{"target": n, "ratio": v, "required": l, "pass": ok} for n, v, l, ok in targets],
-              "crossover": xo, "strace": getattr(b, "strace", None), "incidents": b.incidents}
+              "crossover": xo, "strace": getattr(b, "strace", None),
+              "threads": getattr(b, "threads", None), "incidents": b.incidents}
     for name in (f"results-{stamp}.json", "latest.json"):
         with open(os.path.join(OUT, name), "w") as f:
             json.dump(result, f, indent=1)
