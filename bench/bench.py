@@ -362,7 +362,11 @@ def wrk(port, path, dur, conns=64, headers=(), script=None):
     if script:
         cmd += ["-s", script]
     cmd.append(f"http://127.0.0.1:{port}{path}")
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=dur + 60)
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=dur + 20)
+    except subprocess.TimeoutExpired:
+        return {"tool": "wrk", "cmd": " ".join(cmd[3:]), "stalled": True, "rps": 0.0, "ok": 0,
+                "non2xx": 0, "sock_err": {"stalled-killed": 1}}
     r = parse_wrk(p.stdout)
     r["tool"] = "wrk"
     r["cmd"] = " ".join(cmd[3:])
@@ -415,7 +419,16 @@ def httperf(port, path, rate, conns, calls, timeout=5):
     cmd = ["taskset", "-c", CLIENT_CORE, "httperf", "--hog", "--server", "127.0.0.1",
            "--port", str(port), "--uri", path, "--rate", str(rate), "--num-conns", str(conns),
            "--num-calls", str(calls), "--timeout", str(timeout)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    limit = conns / rate + 2 * timeout + 10
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired as e:
+        # httperf stuck (e.g. every fd held by connections the proxy never answers)
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        r = parse_httperf(out)
+        r.update(tool="httperf", cmd=" ".join(cmd[3:]), stalled=True, ok=r.get("ok", 0),
+                 errors={"stalled-killed-after-s": round(limit)})
+        return r
     r = parse_httperf(p.stdout)
     r["tool"] = "httperf"
     r["cmd"] = " ".join(cmd[3:])
@@ -476,10 +489,14 @@ class Bench:
         self.spec["nginx"] = (["nginx", "-e", "stderr", "-p", d, "-c", nconf], PORTS["nginx"])
         for name in self.spec:
             self.launch(name)
-        # warm up: fill every pool, fault in the files
+        # warm up: fill every pool, fault in the files. Only the 1,000-byte object
+        # goes through the ktcpvs instances that splice: a failed splice leaves
+        # ktcpvs in a bad state (see RESULTS.md, bugs), which must not leak into
+        # the tests that come before the 300,000-byte ones.
         for name in self.spec:
-            for path in (OBJ_1K, OBJ_300K):
-                wrk(PORTS[name], path, 1, conns=16)
+            wrk(PORTS[name], OBJ_1K, 1, conns=16)
+            if name in ("haproxy", "nginx", "ktcpvs-copy"):
+                wrk(PORTS[name], OBJ_300K, 1, conns=16)
 
     def check_alive(self, name, test):
         p = self.proxies[name]
@@ -852,7 +869,9 @@ def report(s, meta, strace=None):
     return "\n".join(L), tg, xo, cs
 
 
-def svg_plot(cs, path):
+def svg_plot(cs, path, trunc=None):
+    """trunc: {(mode, variant, size)} of cells with truncated responses (drawn hollow)."""
+    trunc = trunc or set()
     W, H = 760, 460
     ml, mr, mt, mb = 70, 190, 40, 60
     pw, ph = W - ml - mr, H - mt - mb
@@ -887,23 +906,28 @@ def svg_plot(cs, path):
     o.append(f'<text x="{ml + pw / 2}" y="{H - 15}" text-anchor="middle">response body size (log scale)</text>')
     o.append(f'<text x="18" y="{mt + ph / 2}" text-anchor="middle" '
              f'transform="rotate(-90 18 {mt + ph / 2})">proxy CPU µs per request (log scale)</text>')
-    series = [("1 req/conn, splice", cs["close"][0], "#d62728", ""),
-              ("1 req/conn, copy", cs["close"][1], "#1f77b4", ""),
-              ("keep-alive, splice", cs["ka"][0], "#d62728", "6,4"),
-              ("keep-alive, copy", cs["ka"][1], "#1f77b4", "6,4")]
-    for i, (label, ys, color, dash) in enumerate(series):
-        pts = [(X(z), Y(v)) for z, v in zip(SPLICE_SIZES, ys) if v]
+    series = [("1 req/conn, splice", cs["close"][0], "#d62728", "", ("close", "ktcpvs-splice")),
+              ("1 req/conn, copy", cs["close"][1], "#1f77b4", "", ("close", "ktcpvs-copy")),
+              ("keep-alive, splice", cs["ka"][0], "#d62728", "6,4", ("ka", "ktcpvs-splice")),
+              ("keep-alive, copy", cs["ka"][1], "#1f77b4", "6,4", ("ka", "ktcpvs-copy"))]
+    for i, (label, ys, color, dash, key) in enumerate(series):
+        pts = [(X(z), Y(v), key + (z,) in trunc) for z, v in zip(SPLICE_SIZES, ys) if v]
         if pts:
-            pstr = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
+            pstr = " ".join(f"{x:.1f},{y:.1f}" for x, y, _ in pts)
             da = f' stroke-dasharray="{dash}"' if dash else ""
             o.append(f'<polyline points="{pstr}" fill="none" stroke="{color}" stroke-width="2"{da}/>')
-            for x, y in pts:
-                o.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>')
+            for x, y, bad in pts:
+                fill = "white" if bad else color
+                o.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{fill}" stroke="{color}" stroke-width="1.5"/>')
         ly = mt + 20 + i * 22
         lx = ml + pw + 15
         da = f' stroke-dasharray="{dash}"' if dash else ""
         o.append(f'<line x1="{lx}" y1="{ly}" x2="{lx + 30}" y2="{ly}" stroke="{color}" stroke-width="2"{da}/>')
         o.append(f'<text x="{lx + 36}" y="{ly + 4}">{label}</text>')
+    if trunc:
+        o.append(f'<text x="{ml + pw + 15}" y="{mt + 120}" font-size="11">hollow marker: responses</text>')
+        o.append(f'<text x="{ml + pw + 15}" y="{mt + 134}" font-size="11">truncated (ktcpvs bug),</text>')
+        o.append(f'<text x="{ml + pw + 15}" y="{mt + 148}" font-size="11">CPU not of a full transfer</text>')
     o.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(o) + "\n")
@@ -943,7 +967,20 @@ def main():
     ap.add_argument("--ktcpvs", default=os.environ.get("KTCPVS_BIN", "/work/target-bench/release/ktcpvs"))
     ap.add_argument("--no-strace", action="store_true")
     ap.add_argument("--svg", default=os.path.join(HERE, "splice-vs-copy.svg"))
+    ap.add_argument("--report", metavar="JSON", help="only re-render tables + SVG from a saved results JSON")
     args = ap.parse_args()
+    if args.report:
+        with open(args.report) as f:
+            saved = json.load(f)
+        s = summarize(saved["runs"])
+        meta = saved["meta"]
+        meta["threads"] = saved.get("threads")
+        md, _, _, cs = report(s, meta, saved.get("strace"))
+        trunc = {(t.split("_")[1], p, int(t.split("_")[2])) for (t, p), v in s.items()
+                 if t.startswith("splice_") and v.get("truncated")}
+        svg_plot(cs, args.svg, trunc)
+        print("\n".join(f"- {k}: {v}" for k, v in meta.items()) + "\n\n" + md)
+        return
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
@@ -973,7 +1010,9 @@ def main():
     head = "\n".join(f"- {k}: {v}" for k, v in meta.items())
     with open(os.path.join(OUT, "latest.md"), "w") as f:
         f.write(head + "\n\n" + md + "\n")
-    svg_plot(cs, args.svg)
+    trunc = {(t.split("_")[1], p, int(t.split("_")[2])) for (t, p), v in s.items()
+             if t.startswith("splice_") and v.get("truncated")}
+    svg_plot(cs, args.svg, trunc)
     print(head + "\n\n" + md)
     if b.incidents:
         print(f"\n{len(b.incidents)} incident(s) (errors, crashes): see bench/out/latest.json \"incidents\"")
