@@ -121,7 +121,7 @@ async fn client_loop(
 /// A canned error response, then a lingering close: the write side is shut
 /// and unread input drained briefly, so the client is not sent a reset
 /// that could destroy the response before it reads it.
-pub async fn reply_error(w: &Worker, client: &TcpStream, status: u16) {
+pub async fn reply_error(w: &Worker, client: &Rc<TcpStream>, status: u16) {
     let (counter, body): (_, &'static [u8]) = match status {
         400 => (&w.stats.bad_requests_total, b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad request\n"),
         408 => (&w.stats.bad_requests_total, b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nrequest timeout\n"),
@@ -139,7 +139,7 @@ pub async fn reply_error(w: &Worker, client: &TcpStream, status: u16) {
 }
 
 /// Shuts the write side and discards input for up to a second / 256 KiB.
-pub async fn lingering_close(client: &TcpStream) {
+pub async fn lingering_close(client: &Rc<TcpStream>) {
     let _ = client.shutdown(std::net::Shutdown::Write);
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut total = 0;

@@ -105,7 +105,7 @@ pub fn serve(
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let l = TcpListener::bind(addr)?;
     l.set_nonblocking(true)?;
-    Ok(std::thread::Builder::new().name("ktcpvs-metrics".into()).spawn(move || {
+    std::thread::Builder::new().name("ktcpvs-metrics".into()).spawn(move || {
         while !stop.load(Relaxed) {
             match l.accept() {
                 Ok((mut s, _)) => {
@@ -122,5 +122,5 @@ pub fn serve(
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
-    })?)
+    })
 }

@@ -13,6 +13,9 @@ use tokio_uring::net::TcpStream;
 
 use crate::uring::idle_socket_alive;
 
+/// Idle time from which a pooled connection is probed before reuse.
+const PROBE_AFTER: Duration = Duration::from_millis(250);
+
 struct Idle {
     conn: Rc<TcpStream>,
     since: Instant,
@@ -41,7 +44,13 @@ impl Pool {
         let mut stale = 0;
         let stack = &mut self.idle[i];
         while let Some(c) = stack.pop() {
-            if c.since.elapsed() < self.idle_timeout && idle_socket_alive(c.conn.as_raw_fd()) {
+            let idle = c.since.elapsed();
+            // A connection used moments ago is not probed: the syscall would
+            // cost more than the rare failure it finds, which the retry of
+            // idempotent requests covers anyway.
+            if idle < self.idle_timeout
+                && (idle < PROBE_AFTER || idle_socket_alive(c.conn.as_raw_fd()))
+            {
                 return (Some(c.conn), stale);
             }
             stale += 1;

@@ -454,7 +454,7 @@ async fn write_all(sock: &TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
 /// whether the source sent nothing beyond them.
 async fn copy_exact(
     w: &Worker,
-    from: &TcpStream,
+    from: &Rc<TcpStream>,
     to: &TcpStream,
     buf: &mut Vec<u8>,
     mut n: u64,
@@ -507,7 +507,12 @@ async fn splice_exact(
             None => splice_in(from, &pipe, want).await,
         };
         let mut got = match got {
-            Ok(0) | Err(_) => {
+            Err(e) => {
+                warn!(error = %e, "splice in failed");
+                let _ = from.shutdown(std::net::Shutdown::Both);
+                return Err(from_fail);
+            }
+            Ok(0) => {
                 let _ = from.shutdown(std::net::Shutdown::Both);
                 return Err(from_fail);
             }

@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
-use io_uring::{cqueue, opcode, types};
+use io_uring::{cqueue, opcode, squeue, types};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
@@ -29,15 +29,19 @@ impl Pipe {
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        let p = Pipe {
+        let mut p = Pipe {
             r: fds[0],
             w: fds[1],
             cap: 65536,
         };
         // SAFETY: plain fcntl on a descriptor we own.
         let got = unsafe { libc::fcntl(p.w, libc::F_SETPIPE_SZ, want as libc::c_int) };
-        let cap = if got > 0 { got as u32 } else { 65536 };
-        Ok(Pipe { cap, ..p })
+        // (Not `Pipe { cap, ..p }`: that would copy the descriptors and
+        // drop — close — `p`.)
+        if got > 0 {
+            p.cap = got as u32;
+        }
+        Ok(p)
     }
 }
 
@@ -124,33 +128,97 @@ pub fn idle_socket_alive(fd: RawFd) -> bool {
     r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
 }
 
+/// Data held by an in-flight receive: the buffer (whose heap storage the
+/// kernel writes into) and the socket, both kept until completion.
+pub struct RecvData {
+    _sock: Rc<TcpStream>,
+    buf: Vec<u8>,
+}
+
+pub struct RecvTransform;
+
+impl OneshotOutputTransform for RecvTransform {
+    type Output = (io::Result<usize>, Vec<u8>);
+    type StoredData = RecvData;
+
+    fn transform_oneshot_output(self, mut d: RecvData, cqe: cqueue::Entry) -> Self::Output {
+        let r = cqe.result();
+        if r >= 0 {
+            // SAFETY: the kernel initialised `r` bytes after the old length,
+            // within the spare capacity we passed.
+            unsafe { d.buf.set_len(d.buf.len() + r as usize) };
+            (Ok(r as usize), d.buf)
+        } else {
+            (Err(io::Error::from_raw_os_error(-r)), d.buf)
+        }
+    }
+}
+
+/// Sets the sqe's `ioprio` field, which for recv/send carries the
+/// IORING_RECVSEND_* flags (io-uring 0.6 has no setter for it on `Recv`).
+fn with_ioprio(e: squeue::Entry, ioprio: u16) -> squeue::Entry {
+    const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
+    // SAFETY: `Entry` is `#[repr(C)]` around the kernel's 64-byte
+    // `io_uring_sqe`, whose `ioprio` is the u16 at offset 2 (kernel ABI).
+    let mut raw: [u8; 64] = unsafe { std::mem::transmute(e) };
+    raw[2..4].copy_from_slice(&ioprio.to_ne_bytes());
+    unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(raw) }
+}
+
+/// IORING_RECVSEND_POLL_FIRST: skip the first, usually futile, attempt and
+/// wait for readiness straight away. A proxy reads right after it wrote
+/// (the response just after sending the request, the next request just
+/// after sending the response), when the data is almost never there yet.
+const RECVSEND_POLL_FIRST: u16 = 1;
+
+/// One recv(2) into the spare capacity of `buf`, appended after its
+/// current contents.
+pub fn recv_op(
+    sock: &Rc<TcpStream>,
+    mut buf: Vec<u8>,
+) -> UnsubmittedOneshot<RecvData, RecvTransform> {
+    let len = buf.len();
+    let room = (buf.capacity() - len).min(u32::MAX as usize) as u32;
+    // SAFETY: in bounds of the allocation; the Vec's heap storage does not
+    // move when the Vec itself is moved into the op's data.
+    let ptr = unsafe { buf.as_mut_ptr().add(len) };
+    let sqe = with_ioprio(
+        opcode::Recv::new(types::Fd(sock.as_raw_fd()), ptr, room).build(),
+        RECVSEND_POLL_FIRST,
+    );
+    UnsubmittedOneshot::new(
+        RecvData {
+            _sock: sock.clone(),
+            buf,
+        },
+        RecvTransform,
+        sqe,
+    )
+}
+
 /// Reads once, appending to `buf` (growing it by at least `min_room`
 /// spare bytes first). On timeout the buffer is lost with the cancelled
 /// operation and an empty one is returned with `TimedOut`.
 pub async fn read_append(
-    sock: &TcpStream,
+    sock: &Rc<TcpStream>,
     mut buf: Vec<u8>,
     min_room: usize,
     deadline: Option<Duration>,
 ) -> (io::Result<usize>, Vec<u8>) {
-    if buf.capacity() - buf.len() < min_room {
-        buf.reserve(min_room);
+    if buf.capacity() - buf.len() < min_room.max(1) {
+        buf.reserve(min_room.max(1024));
     }
-    let len = buf.len();
-    let fut = sock.read(buf.slice(len..));
-    let (res, slice) = match deadline {
+    let fut = recv_op(sock, buf).submit();
+    match deadline {
         None => fut.await,
         Some(d) => match tokio::time::timeout(d, fut).await {
             Ok(r) => r,
-            Err(_) => {
-                return (
-                    Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out")),
-                    Vec::new(),
-                )
-            }
+            Err(_) => (
+                Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out")),
+                Vec::new(),
+            ),
         },
-    };
-    (res, slice.into_inner())
+    }
 }
 
 /// Writes `buf[from..to]` entirely; gives the buffer back.
@@ -165,4 +233,33 @@ pub async fn write_range(
     }
     let (res, slice) = sock.write_all(buf.slice(from..to)).await;
     (res, slice.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipe_is_open_and_sized() {
+        let p = Pipe::new(256 * 1024).unwrap();
+        assert!(p.cap >= 65536);
+        let msg = b"through the pipe";
+        // SAFETY: valid descriptors and buffers.
+        let (w, r) = unsafe {
+            let w = libc::write(p.w, msg.as_ptr().cast(), msg.len());
+            let mut buf = [0u8; 32];
+            let r = libc::read(p.r, buf.as_mut_ptr().cast(), buf.len());
+            assert_eq!(&buf[..msg.len()], msg);
+            (w, r)
+        };
+        assert_eq!((w, r), (msg.len() as isize, msg.len() as isize));
+    }
+
+    #[test]
+    fn ioprio_lands_at_offset_2() {
+        let e = with_ioprio(opcode::Nop::new().build(), 0xABCD);
+        // SAFETY: see with_ioprio.
+        let raw: [u8; 64] = unsafe { std::mem::transmute(e) };
+        assert_eq!(u16::from_ne_bytes([raw[2], raw[3]]), 0xABCD);
+    }
 }

@@ -233,7 +233,7 @@ pub fn parse(
             if !xff_seen {
                 xff_seen = true;
                 out.extend_from_slice(b"X-Forwarded-For: ");
-                join_values(out, &req.headers, b"x-forwarded-for");
+                join_values(out, req.headers, b"x-forwarded-for");
                 out.extend_from_slice(b", ");
                 out.extend_from_slice(ctx.peer_ip);
                 out.extend_from_slice(b"\r\n");
@@ -244,7 +244,7 @@ pub fn parse(
             if !via_seen {
                 via_seen = true;
                 out.extend_from_slice(b"Via: ");
-                join_values(out, &req.headers, b"via");
+                join_values(out, req.headers, b"via");
                 out.extend_from_slice(if http10 {
                     b", 1.0 ktcpvs\r\n"
                 } else {
