@@ -416,19 +416,33 @@ def parse_httperf(txt):
 def httperf(port, path, rate, conns, calls, timeout=5):
     """Fixed-rate load; flags replies whose average body is shorter than the
     object (httperf counts a truncated reply as a reply, not as an error)."""
-    cmd = ["taskset", "-c", CLIENT_CORE, "httperf", "--hog", "--server", "127.0.0.1",
+    # No --hog: with it httperf bind()s its own source ports, which cannot reuse
+    # TIME_WAIT ports, and one-request-per-connection runs stall once ~28k
+    # ports are in TIME_WAIT; without it the kernel picks them (tcp_tw_reuse).
+    cmd = ["taskset", "-c", CLIENT_CORE, "httperf", "--server", "127.0.0.1",
            "--port", str(port), "--uri", path, "--rate", str(rate), "--num-conns", str(conns),
            "--num-calls", str(calls), "--timeout", str(timeout)]
     limit = conns / rate + 2 * timeout + 10
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
-    except subprocess.TimeoutExpired as e:
-        # httperf stuck (e.g. every fd held by connections the proxy never answers)
-        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        r = parse_httperf(out)
-        r.update(tool="httperf", cmd=" ".join(cmd[3:]), stalled=True, ok=r.get("ok", 0),
-                 errors={"stalled-killed-after-s": round(limit)})
-        return r
+        out, err = p.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        # httperf stuck (e.g. every fd held by connections the proxy never answers):
+        # record what the sockets look like, then kill it.
+        ss = subprocess.run(["ss", "-tan"], capture_output=True, text=True).stdout.splitlines()
+        states = {}
+        for line in ss:
+            f = line.split()
+            if len(f) >= 5 and f[3].endswith(f":{port}"):
+                k = f"{f[0]} recvq={'0' if f[1] == '0' else '>0'} sendq={'0' if f[2] == '0' else '>0'}"
+                states[k] = states.get(k, 0) + 1
+        tw = sum(1 for line in ss if line.startswith("TIME-WAIT"))
+        p.kill()
+        p.communicate()
+        return {"tool": "httperf", "cmd": " ".join(cmd[3:]), "stalled": True, "ok": 0, "rps": 0.0,
+                "non2xx": 0, "errors": {"stalled-killed-after-s": round(limit)},
+                "proxy_side_sockets": states, "time_wait_total": tw}
+    p = subprocess.CompletedProcess(cmd, p.returncode, out, err)
     r = parse_httperf(p.stdout)
     r["tool"] = "httperf"
     r["cmd"] = " ".join(cmd[3:])
@@ -551,10 +565,11 @@ class Bench:
                                    "log_tail": self.log_tail(name, 1500)})
         elif errs:
             log(f"  note: {name} {test}: errors {r.get('errors') or r.get('sock_err')} "
-                f"non2xx={r.get('non2xx')}")
+                f"non2xx={r.get('non2xx')} {r.get('proxy_side_sockets', '')}")
             self.incidents.append({"proxy": name, "test": test, "what": "client errors",
                                    "errors": r.get("errors") or r.get("sock_err"),
                                    "non2xx": r.get("non2xx"), "cmd": r.get("cmd"),
+                                   "proxy_side_sockets": r.get("proxy_side_sockets"),
                                    "log_tail": self.log_tail(name, 1500)})
         self.raw.append(r)
         self.check_alive(name, test)
