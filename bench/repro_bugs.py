@@ -19,7 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench as B  # noqa: E402
 
-PORT = 18090
+PORT = 18180
 
 
 def curl(path, port=PORT):
@@ -44,6 +44,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ktcpvs", default=os.environ.get("KTCPVS_BIN", "/work/target-bench/release/ktcpvs"))
     a = ap.parse_args()
+    for port in B.ORIGIN_PORTS + [PORT]:
+        if not B.port_free(port):
+            raise SystemExit(f"port {port} is in use; stop whatever holds it")
     tmp = tempfile.mkdtemp(prefix="ktcpvs-repro-")
     try:
         oc = B.write_origin(tmp)
