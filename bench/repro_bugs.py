@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Minimal reproductions of the ktcpvs defects found by the benchmark.
 
+Cases 1 and 2 fail on ktcpvs c49e4c7 (spliced bodies cut at ~32 KiB; EBADF /
+EISCONN / malformed-head warnings) and pass from f9b165e on (see RESULTS.md).
+
     python3 bench/repro_bugs.py [--ktcpvs PATH]
 
 Starts the same nginx origins as bench.py (core 1) and fresh ktcpvs instances
