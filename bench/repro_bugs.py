@@ -14,6 +14,7 @@ curl, wrk, httperf. Everything on 127.0.0.1, everything stopped at the end.
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -93,6 +94,7 @@ def main():
         print(f"   ktcpvs warnings: {warnings(log) or 'none'}")
     finally:
         B.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
