@@ -26,13 +26,13 @@ pub mod ports;
 pub mod raw_origin;
 pub mod switch;
 
-pub use client::{RawClient, ReadError, Response};
+pub use client::{fetch, Framing, RawClient, ReadError, Response};
 pub use config::{Config, Server, Service};
 pub use origin::{Origin, SeenRequest};
 pub use pattern::{md5_hex, pattern, pattern_md5};
-pub use ports::{dead_addr, free_addr};
+pub use ports::{dead_addr, free_addr, free_port_run};
 pub use raw_origin::{RawBehaviour, RawOrigin};
-pub use switch::{run_check, CheckOutput, Ktcpvs};
+pub use switch::{ktcpvs_bin, run_bin, run_check, run_check_file, CheckOutput, Ktcpvs};
 
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,16 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Starts `n` origins named `o1`, `o2`, ….
+pub fn origins(n: usize) -> Vec<Origin> {
+    (1..=n).map(|i| Origin::start(&format!("o{i}"))).collect()
+}
+
+/// The addresses of `origins`.
+pub fn addrs(origins: &[Origin]) -> Vec<std::net::SocketAddr> {
+    origins.iter().map(|o| o.addr()).collect()
 }
 
 /// A minimal HTTP/1.1 GET request with a `Host` header.

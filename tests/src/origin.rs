@@ -133,6 +133,23 @@ impl Origin {
         self.state.requests.load(Ordering::SeqCst)
     }
 
+    /// Distinct TCP connections that carried at least one request (probe
+    /// connections that never sent a request are not counted).
+    pub fn connections_used(&self) -> usize {
+        let mut c: Vec<usize> = self.seen().iter().map(|s| s.conn).collect();
+        c.sort_unstable();
+        c.dedup();
+        c.len()
+    }
+
+    /// Requests whose target starts with `prefix`.
+    pub fn requests_to(&self, prefix: &str) -> usize {
+        self.seen()
+            .iter()
+            .filter(|s| s.target.starts_with(prefix))
+            .count()
+    }
+
     /// Every request head received so far.
     pub fn seen(&self) -> Vec<SeenRequest> {
         self.state
