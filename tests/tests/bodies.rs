@@ -160,3 +160,60 @@ fn echo_1mb_round_trip() {
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body == body, "echoed 1 MB body differs");
 }
+
+/// Body sizes around common buffer, pipe and splice boundaries.
+const BOUNDARY_SIZES: [usize; 16] = [
+    0, 1, 4095, 4096, 4097, 16383, 16384, 16385, 32767, 32768, 32769, 65535, 65536, 65537, 131_072,
+    262_145,
+];
+
+#[test]
+fn response_bodies_of_sizes_around_buffer_boundaries_on_one_connection() {
+    let (_o, k) = switch();
+    let mut c = k.client();
+    for n in BOUNDARY_SIZES {
+        for path in ["/size", "/chunked"] {
+            c.send(&get(&format!("{path}/{n}")));
+            let r = c
+                .read_response()
+                .unwrap_or_else(|e| panic!("GET {path}/{n}: {e}"));
+            assert_eq!(r.status, 200, "GET {path}/{n}: {r:?}");
+            assert!(
+                r.body == pattern(n),
+                "GET {path}/{n}: body differs (got {} bytes)",
+                r.body.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn request_bodies_of_sizes_around_buffer_boundaries_on_one_connection() {
+    let (_o, k) = switch();
+    let mut c = k.client();
+    for n in BOUNDARY_SIZES {
+        let body = pattern(n);
+        for chunk in [None, Some(10_000)] {
+            let req = match chunk {
+                Some(size) => request(
+                    "POST",
+                    "/sink",
+                    &[("Transfer-Encoding", "chunked")],
+                    &chunked(&body, size),
+                ),
+                None => request("POST", "/sink", &[], &body),
+            };
+            c.send(&req);
+            let r = c
+                .read_response()
+                .unwrap_or_else(|e| panic!("POST /sink {n} bytes (chunked: {chunk:?}): {e}"));
+            assert_eq!(r.status, 200, "POST {n} bytes: {r:?}");
+            assert_eq!(
+                r.header("x-body-md5"),
+                Some(md5_hex(&body).as_str()),
+                "POST {n} bytes (chunked: {chunk:?}): digest differs, origin got {:?} bytes",
+                r.header("x-body-len")
+            );
+        }
+    }
+}

@@ -138,6 +138,12 @@ fn check_refuses_a_negative_weight_naming_the_field() {
 }
 
 #[test]
+fn check_refuses_an_out_of_range_weight_naming_the_field() {
+    let bad = valid().replacen("weight = 2", "weight = 70000", 1);
+    refused_naming(&bad, "service[0].server[1].weight");
+}
+
+#[test]
 fn check_refuses_an_unknown_scheduler_naming_the_field() {
     let bad = valid().replacen("scheduler = \"lblc\"", "scheduler = \"fastest\"", 1);
     refused_naming(&bad, "service[1].scheduler");
