@@ -131,12 +131,15 @@ fn lblc_spreads_distinct_targets_under_load_and_keeps_them() {
     // goes to the least-connection node, i.e. a different one.
     let threads: Vec<_> = (0..3)
         .map(|i| {
-            std::thread::sleep(Duration::from_millis(150));
-            std::thread::spawn(move || {
+            let t = std::thread::spawn(move || {
                 let r = RawClient::connect(addr).roundtrip(&get(&format!("/slow/700/p{i}")));
                 assert_eq!(r.status, 200, "{r:?}");
                 r.origin().to_string()
-            })
+            });
+            // Scheduled and in progress at an origin before the next one.
+            let at_origins = || os.iter().map(|o| o.requests_to("/slow/")).sum::<usize>();
+            assert!(wait_until(Duration::from_secs(3), || at_origins() == i + 1));
+            t
         })
         .collect();
     let first: Vec<String> = threads
