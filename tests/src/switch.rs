@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::RawClient;
 use crate::config::Config;
-use crate::ports::free_addr;
+use crate::ports::{free_addr, free_port_run};
 
 /// How long the switch may take to accept its first connection.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,14 +94,23 @@ impl Ktcpvs {
     }
 
     /// Runs `ktcpvs quickstart --listen ADDR` (origins on the next three ports).
-    pub fn quickstart(listen: SocketAddr) -> Ktcpvs {
-        let args = vec![
-            "quickstart".to_string(),
-            "--listen".to_string(),
-            listen.to_string(),
-        ];
-        Self::spawn(&args, listen, scratch_dir(), "(quickstart)".into())
-            .unwrap_or_else(|e| panic!("{e}"))
+    /// Retried on a new port run if a port turned out to be taken.
+    pub fn quickstart() -> Ktcpvs {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let listen = free_port_run(4);
+            let args = vec![
+                "quickstart".to_string(),
+                "--listen".to_string(),
+                listen.to_string(),
+            ];
+            match Self::spawn(&args, listen, scratch_dir(), "(quickstart)".into()) {
+                Ok(k) => return k,
+                Err(e) if e.contains("in use") => last = e,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("{last}");
     }
 
     fn spawn(

@@ -7,8 +7,8 @@ use tests::*;
 
 #[test]
 fn quickstart_answers_from_its_three_builtin_origins() {
-    let listen = free_port_run(4);
-    let k = Ktcpvs::quickstart(listen);
+    let k = Ktcpvs::quickstart();
+    let listen = k.addr();
     let mut c = k.client();
     for i in 0..9 {
         let r = c.roundtrip(&get("/"));
