@@ -1,0 +1,131 @@
+//! The switch configuration, rendered to the TOML the binary reads
+//! (SPEC §1 interface: `[global]`, `[limits]`, `[[service]]`,
+//! `[service.forwarding]`, `[service.pool]`, `[[service.server]]`).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+/// One real server of a service.
+#[derive(Clone, Debug)]
+pub struct Server {
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub low: u32,
+    pub high: u32,
+}
+
+impl Server {
+    pub fn new(address: SocketAddr) -> Self {
+        Server {
+            address,
+            weight: 1,
+            low: 30,
+            high: 60,
+        }
+    }
+
+    pub fn weight(mut self, w: u32) -> Self {
+        self.weight = w;
+        self
+    }
+}
+
+/// One virtual service. `listen = None` is filled with a free loopback port
+/// by [`crate::Ktcpvs::start`].
+#[derive(Clone, Debug)]
+pub struct Service {
+    pub name: String,
+    pub listen: Option<SocketAddr>,
+    pub scheduler: String,
+    pub x_forwarded_for: bool,
+    pub x_forwarded_proto: bool,
+    pub via: bool,
+    pub max_idle_per_server: u32,
+    pub idle_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub response_timeout_ms: u64,
+    pub servers: Vec<Server>,
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub workers: u32,
+    pub max_header_bytes: usize,
+    pub client_header_timeout_ms: u64,
+    pub client_idle_timeout_ms: u64,
+    pub services: Vec<Service>,
+}
+
+impl Config {
+    /// One service named `web` with the given scheduler and servers (weight
+    /// 1, low 30, high 60), two workers, the reference limits and pool.
+    pub fn new(scheduler: &str, servers: &[SocketAddr]) -> Self {
+        Self::with_servers(scheduler, servers.iter().map(|a| Server::new(*a)).collect())
+    }
+
+    pub fn with_servers(scheduler: &str, servers: Vec<Server>) -> Self {
+        Config {
+            workers: 2,
+            max_header_bytes: 16384,
+            client_header_timeout_ms: 10_000,
+            client_idle_timeout_ms: 60_000,
+            services: vec![Service {
+                name: "web".into(),
+                listen: None,
+                scheduler: scheduler.into(),
+                x_forwarded_for: true,
+                x_forwarded_proto: true,
+                via: true,
+                max_idle_per_server: 64,
+                idle_timeout_ms: 4000,
+                connect_timeout_ms: 2000,
+                response_timeout_ms: 30_000,
+                servers,
+            }],
+        }
+    }
+
+    /// The first service, for tweaking.
+    pub fn svc(&mut self) -> &mut Service {
+        &mut self.services[0]
+    }
+
+    /// Renders the TOML file. Services without a listen address are given
+    /// `fallback_listen`.
+    pub fn to_toml(&self, fallback_listen: SocketAddr) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "[global]\nworkers = {}\n", self.workers);
+        let _ = writeln!(
+            s,
+            "[limits]\nmax_header_bytes = {}\nclient_header_timeout_ms = {}\nclient_idle_timeout_ms = {}\n",
+            self.max_header_bytes, self.client_header_timeout_ms, self.client_idle_timeout_ms
+        );
+        for svc in &self.services {
+            let listen = svc.listen.unwrap_or(fallback_listen);
+            let _ = writeln!(
+                s,
+                "[[service]]\nname = \"{}\"\nlisten = \"{}\"\nscheduler = \"{}\"\n",
+                svc.name, listen, svc.scheduler
+            );
+            let _ = writeln!(
+                s,
+                "[service.forwarding]\nx_forwarded_for = {}\nx_forwarded_proto = {}\nvia = {}\n",
+                svc.x_forwarded_for, svc.x_forwarded_proto, svc.via
+            );
+            let _ = writeln!(
+                s,
+                "[service.pool]\nmax_idle_per_server = {}\nidle_timeout_ms = {}\nconnect_timeout_ms = {}\nresponse_timeout_ms = {}\n",
+                svc.max_idle_per_server, svc.idle_timeout_ms, svc.connect_timeout_ms, svc.response_timeout_ms
+            );
+            for srv in &svc.servers {
+                let _ = writeln!(
+                    s,
+                    "[[service.server]]\naddress = \"{}\"\nweight = {}\nlow = {}\nhigh = {}\n",
+                    srv.address, srv.weight, srv.low, srv.high
+                );
+            }
+        }
+        s
+    }
+}

@@ -1,0 +1,219 @@
+//! Request and response bodies: Content-Length and chunked, small to 50 MB,
+//! checked by MD5 digest (SPEC §1: "request bodies by Content-Length and
+//! chunked (streamed)").
+
+use std::time::Duration;
+use tests::*;
+
+const MB: usize = 1024 * 1024;
+
+fn switch() -> (Origin, Ktcpvs) {
+    let o = Origin::start("o1");
+    let k = Ktcpvs::start(&Config::new("rr", &[o.addr()]));
+    (o, k)
+}
+
+#[test]
+fn chunked_response_body_is_relayed_and_connection_reused() {
+    let (_o, k) = switch();
+    let mut c = k.client();
+    let r = c.roundtrip(&get("/chunked/100000"));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_ne!(
+        r.framing,
+        Framing::Close,
+        "a chunked response must not become close-delimited for a 1.1 client"
+    );
+    assert_eq!(r.body.len(), 100_000);
+    assert!(r.body == pattern(100_000), "chunked body differs");
+    let r = c.roundtrip(&get("/chunked/0"));
+    assert_eq!((r.status, r.body.len()), (200, 0), "{r:?}");
+    let r = c.roundtrip(&get("/size/321"));
+    assert_eq!(r.body, pattern(321));
+}
+
+#[test]
+fn chunked_request_body_is_forwarded_intact() {
+    let (o, k) = switch();
+    let mut c = k.client();
+    let body = pattern(200_000);
+    let r = c.roundtrip(&request(
+        "POST",
+        "/echo",
+        &[("Transfer-Encoding", "chunked")],
+        &chunked(&body, 7000),
+    ));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-body-md5"), Some(md5_hex(&body).as_str()));
+    assert!(r.body == body, "echoed body differs");
+    assert_eq!(o.requests_to("/echo"), 1);
+}
+
+#[test]
+fn chunk_extensions_and_trailers_do_not_desynchronise_the_connection() {
+    let (_o, k) = switch();
+    let mut c = k.client();
+    let mut bytes = request(
+        "POST",
+        "/echo",
+        &[("Transfer-Encoding", "chunked"), ("X-Req-Id", "a")],
+        b"",
+    );
+    bytes.extend_from_slice(b"5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n");
+    bytes.extend(request("GET", "/size/99", &[("X-Req-Id", "b")], b""));
+    c.send(&bytes);
+    let r = c.read_response().expect("first response");
+    assert_eq!(
+        (r.status, r.body_str().as_str()),
+        (200, "hello world"),
+        "{r:?}"
+    );
+    assert_eq!(r.header("x-req-id"), Some("a"));
+    let r = c.read_response().expect("second response");
+    assert_eq!(r.header("x-req-id"), Some("b"), "{r:?}");
+    assert_eq!(r.body, pattern(99));
+}
+
+fn download(n: usize, path: &str) {
+    let (_o, k) = switch();
+    let mut c = k.client();
+    c.set_timeout(Duration::from_secs(20));
+    let r = c.roundtrip(&get(&format!("{path}/{n}")));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body.len(), n);
+    assert_eq!(
+        md5_hex(&r.body),
+        pattern_md5(n),
+        "downloaded body digest differs"
+    );
+    // The connection is still usable afterwards.
+    let r = c.roundtrip(&get("/size/5"));
+    assert_eq!(r.body, pattern(5));
+}
+
+fn upload(n: usize, chunk: Option<usize>) {
+    let (_o, k) = switch();
+    let mut c = k.client();
+    c.set_timeout(Duration::from_secs(20));
+    let body = pattern(n);
+    let req = match chunk {
+        Some(size) => request(
+            "POST",
+            "/sink",
+            &[("Transfer-Encoding", "chunked")],
+            &chunked(&body, size),
+        ),
+        None => request("POST", "/sink", &[], &body),
+    };
+    let r = c.roundtrip(&req);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.header("x-body-len"),
+        Some(n.to_string().as_str()),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.header("x-body-md5"),
+        Some(pattern_md5(n).as_str()),
+        "uploaded body digest differs"
+    );
+    let r = c.roundtrip(&get("/size/5"));
+    assert_eq!(r.body, pattern(5));
+}
+
+#[test]
+fn download_1mb_content_length() {
+    download(MB, "/size");
+}
+
+#[test]
+fn download_50mb_content_length() {
+    download(50 * MB, "/size");
+}
+
+#[test]
+fn download_10mb_chunked() {
+    download(10 * MB, "/chunked");
+}
+
+#[test]
+fn upload_1mb_content_length() {
+    upload(MB, None);
+}
+
+#[test]
+fn upload_50mb_content_length() {
+    upload(50 * MB, None);
+}
+
+#[test]
+fn upload_8mb_chunked() {
+    upload(8 * MB, Some(64 * 1024));
+}
+
+#[test]
+fn echo_1mb_round_trip() {
+    let (_o, k) = switch();
+    let mut c = k.client();
+    let body = pattern(MB);
+    let r = c.roundtrip(&request("POST", "/echo", &[], &body));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body == body, "echoed 1 MB body differs");
+}
+
+/// Body sizes around common buffer, pipe and splice boundaries.
+const BOUNDARY_SIZES: [usize; 16] = [
+    0, 1, 4095, 4096, 4097, 16383, 16384, 16385, 32767, 32768, 32769, 65535, 65536, 65537, 131_072,
+    262_145,
+];
+
+#[test]
+fn response_bodies_of_sizes_around_buffer_boundaries_on_one_connection() {
+    let (_o, k) = switch();
+    let mut c = k.client();
+    for n in BOUNDARY_SIZES {
+        for path in ["/size", "/chunked"] {
+            c.send(&get(&format!("{path}/{n}")));
+            let r = c
+                .read_response()
+                .unwrap_or_else(|e| panic!("GET {path}/{n}: {e}"));
+            assert_eq!(r.status, 200, "GET {path}/{n}: {r:?}");
+            assert!(
+                r.body == pattern(n),
+                "GET {path}/{n}: body differs (got {} bytes)",
+                r.body.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn request_bodies_of_sizes_around_buffer_boundaries_on_one_connection() {
+    let (_o, k) = switch();
+    let mut c = k.client();
+    for n in BOUNDARY_SIZES {
+        let body = pattern(n);
+        for chunk in [None, Some(10_000)] {
+            let req = match chunk {
+                Some(size) => request(
+                    "POST",
+                    "/sink",
+                    &[("Transfer-Encoding", "chunked")],
+                    &chunked(&body, size),
+                ),
+                None => request("POST", "/sink", &[], &body),
+            };
+            c.send(&req);
+            let r = c
+                .read_response()
+                .unwrap_or_else(|e| panic!("POST /sink {n} bytes (chunked: {chunk:?}): {e}"));
+            assert_eq!(r.status, 200, "POST {n} bytes: {r:?}");
+            assert_eq!(
+                r.header("x-body-md5"),
+                Some(md5_hex(&body).as_str()),
+                "POST {n} bytes (chunked: {chunk:?}): digest differs, origin got {:?} bytes",
+                r.header("x-body-len")
+            );
+        }
+    }
+}

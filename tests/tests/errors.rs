@@ -1,0 +1,144 @@
+//! Requests the switch must refuse itself, never forwarding them: malformed
+//! requests (400), oversized header blocks (431), request smuggling shapes
+//! (Content-Length with Transfer-Encoding → 400).
+
+use std::time::Duration;
+use tests::*;
+
+/// Sends `bytes` on a fresh connection; asserts the reply is `status` and the
+/// connection is then closed; asserts the origin saw nothing.
+fn refused(k: &Ktcpvs, o: &Origin, bytes: &[u8], status: u16) {
+    let what = String::from_utf8_lossy(&bytes[..bytes.len().min(120)]).into_owned();
+    let mut c = k.client();
+    c.send(bytes);
+    let r = c
+        .read_response()
+        .unwrap_or_else(|e| panic!("no {status} for {what:?}: {e}"));
+    assert_eq!(r.status, status, "for {what:?}: {r:?}");
+    c.expect_closed(Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("connection not closed after {status} for {what:?}: {e}"));
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        o.requests(),
+        0,
+        "the origin received {what:?}: {:?}",
+        o.seen()
+    );
+}
+
+fn switch(max_header_bytes: usize) -> (Origin, Ktcpvs) {
+    let o = Origin::start("o1");
+    let mut cfg = Config::new("rr", &[o.addr()]);
+    cfg.max_header_bytes = max_header_bytes;
+    let k = Ktcpvs::start(&cfg);
+    (o, k)
+}
+
+#[test]
+fn malformed_requests_get_400_and_close() {
+    let (o, k) = switch(16384);
+    let cases: [&[u8]; 6] = [
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost test.local\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost : test.local\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: -5\r\n\r\n",
+        b"G\x01T / HTTP/1.1\r\nHost: a\r\n\r\n",
+    ];
+    for case in cases {
+        refused(&k, &o, case, 400);
+    }
+}
+
+#[test]
+fn conflicting_content_lengths_get_400() {
+    let (o, k) = switch(16384);
+    refused(
+        &k,
+        &o,
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        400,
+    );
+}
+
+#[test]
+fn content_length_with_transfer_encoding_gets_400_and_is_never_forwarded() {
+    let (o, k) = switch(16384);
+    refused(
+        &k,
+        &o,
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    );
+    // The classic smuggling shape, TE before CL, with a hidden request.
+    refused(
+        &k,
+        &o,
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+        400,
+    );
+    refused(
+        &k,
+        &o,
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\nabc",
+        400,
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(o.requests_to("/smuggled"), 0);
+    assert_eq!(o.requests(), 0, "{:?}", o.seen());
+}
+
+#[test]
+fn header_block_over_the_limit_gets_431_and_close() {
+    let (o, k) = switch(4096);
+    let big = "a".repeat(8000);
+    refused(
+        &k,
+        &o,
+        &request("GET", "/big", &[("X-Big", &big)], b""),
+        431,
+    );
+}
+
+#[test]
+fn header_block_over_the_limit_is_refused_before_it_ends() {
+    let (o, k) = switch(4096);
+    let mut c = k.client();
+    // 20 KB of header lines and never the blank line: the switch must not
+    // wait for the end of the head to refuse it.
+    let mut head = b"GET /never HTTP/1.1\r\nHost: a\r\n".to_vec();
+    while head.len() < 20_000 {
+        head.extend_from_slice(
+            format!("X-Filler-{}: {}\r\n", head.len(), "b".repeat(60)).as_bytes(),
+        );
+    }
+    let _ = c.try_send(&head);
+    c.set_timeout(Duration::from_secs(3));
+    let r = c.read_response().expect("431 before the head is complete");
+    assert_eq!(r.status, 431, "{r:?}");
+    c.expect_closed(Duration::from_secs(3))
+        .expect("close after 431");
+    assert_eq!(o.requests(), 0);
+}
+
+#[test]
+fn header_block_under_the_limit_is_forwarded_intact() {
+    let (o, k) = switch(4096);
+    let value = "v".repeat(3000);
+    let r = k
+        .client()
+        .roundtrip(&request("GET", "/ok", &[("X-Big", &value)], b""));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(o.seen()[0].header("x-big"), Some(value.as_str()));
+}
+
+#[test]
+fn default_limit_allows_a_10k_header_block() {
+    let (o, k) = switch(16384);
+    let value = "v".repeat(10_000);
+    let r = k
+        .client()
+        .roundtrip(&request("GET", "/ok", &[("X-Big", &value)], b""));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(o.seen()[0].header("x-big").map(str::len), Some(10_000));
+}
