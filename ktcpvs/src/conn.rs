@@ -36,6 +36,11 @@ pub async fn serve_client(w: Rc<Worker>, svc: usize, stream: TcpStream, peer: So
         out: w.take_buf(),
     };
     client_loop(&w, svc, &client, peer, &mut bufs).await;
+    // A read abandoned on a timeout or on shutdown still holds the socket
+    // (the kernel owns the operation until it completes): shutting the
+    // socket down completes it and sends the FIN now, not whenever the
+    // client next speaks.
+    let _ = client.shutdown(std::net::Shutdown::Both);
     w.give_buf(bufs.cb);
     w.give_buf(bufs.sb);
     w.give_buf(bufs.out);
