@@ -796,7 +796,7 @@ def report(s, meta, strace=None):
                  f"| {errs} |")
     L.append("")
     L.append("`ktcpvs-copy` = ktcpvs workers=1 with splice_threshold = 1000000000 (bodies always copied); "
-             "`ktcpvs` uses the default threshold (64 KiB), so its 300,000-byte bodies take the splice path. "
+             "`ktcpvs` uses the default threshold (128 KiB since this run; 64 KiB in runs before 2026-11-22 04:00), so its 300,000-byte bodies take the splice path. "
              "✗trunc = responses were cut short (wrk read errors / httperf average body smaller than the object): "
              "the CPU figure then does not measure a complete transfer.\n")
     L.append("### Core utilisation during the max-throughput runs (median %, all processes on the machine, other tenants included)\n")
