@@ -62,19 +62,7 @@ pub fn run(sock: PacketSocket, mut proc: Processor, clock: Arc<AtomicU32>, stop:
         if k == 0 {
             continue;
         }
-        match sock.send_batch(&out[..k]) {
-            Ok(sent) => {
-                proc.stats().add(Counter::TxFrames, sent as u64);
-                proc.stats().add(Counter::TxBytes, bytes);
-                if sent < k {
-                    proc.stats().add(Counter::TxErrors, (k - sent) as u64);
-                }
-            }
-            Err(e) => {
-                proc.stats().add(Counter::TxErrors, k as u64);
-                tracing::debug!(error = %e, "send failed");
-            }
-        }
+        send_counted(&sock, &proc, &out[..k], bytes);
     }
 }
 
@@ -132,20 +120,26 @@ pub fn run_ring(
             if k == 0 {
                 continue;
             }
-            match sock.send_batch(&out[..k]) {
-                Ok(sent) => {
-                    proc.stats().add(Counter::TxFrames, sent as u64);
-                    proc.stats().add(Counter::TxBytes, bytes);
-                    if sent < k {
-                        proc.stats().add(Counter::TxErrors, (k - sent) as u64);
-                    }
-                }
-                Err(e) => {
-                    proc.stats().add(Counter::TxErrors, k as u64);
-                    tracing::debug!(error = %e, "send failed");
-                }
-            }
+            send_counted(&sock, &proc, &out[..k], bytes);
         }
         ring.release();
+    }
+}
+
+/// Sends a batch with `sendmmsg` and counts frames, bytes and failures.
+fn send_counted(sock: &PacketSocket, proc: &Processor, out: &[&[u8]], bytes: u64) {
+    let k = out.len();
+    match sock.send_batch(out) {
+        Ok(sent) => {
+            proc.stats().add(Counter::TxFrames, sent as u64);
+            proc.stats().add(Counter::TxBytes, bytes);
+            if sent < k {
+                proc.stats().add(Counter::TxErrors, (k - sent) as u64);
+            }
+        }
+        Err(e) => {
+            proc.stats().add(Counter::TxErrors, k as u64);
+            tracing::debug!(error = %e, "send failed");
+        }
     }
 }
