@@ -13,7 +13,7 @@ use tokio_uring::net::TcpStream;
 use tracing::debug;
 
 use crate::http::request::{self, ForwardCtx};
-use crate::uring::read_append;
+use crate::uring::{read_append, write_range};
 use crate::worker::{ip_text, Worker};
 
 /// The three buffers of a client connection, taken from the worker's pool.
@@ -137,9 +137,12 @@ pub async fn reply_error(w: &Worker, client: &Rc<TcpStream>, status: u16) {
         _ => (&w.stats.bad_gateway_total, b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad gateway\n"),
     };
     counter.fetch_add(1, Relaxed);
-    match tokio::time::timeout(Duration::from_secs(5), client.write_all(body)).await {
-        Ok((Ok(()), _)) => {}
-        _ => return,
+    let mut b = w.take_buf();
+    b.extend_from_slice(body);
+    let (r, b) = write_range(client, b, 0, body.len(), Duration::from_secs(5)).await;
+    w.give_buf(b);
+    if r.is_err() {
+        return;
     }
     lingering_close(client).await;
 }

@@ -5,6 +5,7 @@
 //! pool when the exchange left it clean.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -18,7 +19,9 @@ use crate::http::request::RequestHead;
 use crate::http::response::{self, ClientView};
 use crate::http::Body;
 use crate::sched::{target_hash, Exclude, Request, Server};
-use crate::uring::{read_append, splice_in, splice_out, write_range};
+use crate::uring::{
+    poll, read_append, set_nonblocking, set_rcvlowat, splice_nb, write_range, Pipe,
+};
 use crate::worker::{ServiceRt, Worker};
 
 /// Longest wait for a real server to take request bytes.
@@ -450,7 +453,7 @@ async fn download(
 }
 
 /// Writes all of `buf` (which is given back in place).
-async fn write_all(sock: &TcpStream, buf: &mut Vec<u8>, deadline: Duration) -> io::Result<()> {
+async fn write_all(sock: &Rc<TcpStream>, buf: &mut Vec<u8>, deadline: Duration) -> io::Result<()> {
     let b = std::mem::take(buf);
     let n = b.len();
     let (r, b) = write_range(sock, b, 0, n, deadline).await;
@@ -463,7 +466,7 @@ async fn write_all(sock: &TcpStream, buf: &mut Vec<u8>, deadline: Duration) -> i
 async fn copy_exact(
     w: &Worker,
     from: &Rc<TcpStream>,
-    to: &TcpStream,
+    to: &Rc<TcpStream>,
     buf: &mut Vec<u8>,
     mut n: u64,
     limit: Option<Duration>,
@@ -492,11 +495,19 @@ async fn copy_exact(
 /// Moves exactly `n` bytes from `from` to `to` with splice(2) through a
 /// pooled pipe: the payload never enters user space. Falls back to copying
 /// if no pipe can be had.
+///
+/// Each splice runs inline and non-blocking ([`splice_nb`]); only when a
+/// socket is not ready does the task wait, with an io_uring poll. While the
+/// body lasts, `from` has SO_RCVLOWAT set to what a pipe holds (or what is
+/// left), so that wait ends once a pipe's worth has arrived instead of at
+/// every segment: at moderate rates that is what divides the wake-ups (and
+/// the CPU) per body. A sender that pauses is flushed after
+/// [`LOWAT_FLUSH_AFTER`].
 async fn splice_exact(
     w: &Worker,
     from: &Rc<TcpStream>,
     to: &Rc<TcpStream>,
-    mut n: u64,
+    n: u64,
     limit: Option<Duration>,
     from_fail: Fail,
     to_fail: Fail,
@@ -507,44 +518,123 @@ async fn splice_exact(
             .await
             .map(|_| ());
     };
-    let total = n;
+    let (fd_in, fd_out) = (from.as_raw_fd(), to.as_raw_fd());
+    // splice(2) honours only the sockets' own O_NONBLOCK (SPLICE_F_NONBLOCK
+    // covers the pipe): without it a splice from an empty socket would
+    // block the whole worker.
+    if let Err(e) = set_nonblocking(fd_in).and_then(|_| set_nonblocking(fd_out)) {
+        warn!(error = %e, "cannot make sockets non-blocking; copying instead of splicing");
+        let mut buf = Vec::with_capacity(crate::worker::BUF_SIZE);
+        w.give_pipe(pipe);
+        return copy_exact(w, from, to, &mut buf, n, limit)
+            .await
+            .map(|_| ());
+    }
+    let r = splice_loop(w, from, to, &pipe, n, limit).await;
+    // The source may be a pooled server socket: back to the default.
+    set_rcvlowat(fd_in, 1);
+    match r {
+        Ok(()) => {
+            w.stats.spliced_bytes_total.fetch_add(n, Relaxed);
+            w.give_pipe(pipe);
+            Ok(())
+        }
+        Err(side) => {
+            let (sock, fail) = match side {
+                Side::From => (fd_in, from_fail),
+                Side::To => (fd_out, to_fail),
+            };
+            // SAFETY: shutdown on a descriptor the caller's stream owns.
+            unsafe { libc::shutdown(sock, libc::SHUT_RDWR) };
+            Err(fail)
+        }
+    }
+}
+
+/// How long a splice waits for a pipe's worth of data (SO_RCVLOWAT) before
+/// it settles for whatever has arrived.
+const LOWAT_FLUSH_AFTER: Duration = Duration::from_millis(2);
+
+/// Which end of a splice failed.
+enum Side {
+    From,
+    To,
+}
+
+async fn splice_loop(
+    w: &Worker,
+    from: &Rc<TcpStream>,
+    to: &Rc<TcpStream>,
+    pipe: &Pipe,
+    mut n: u64,
+    limit: Option<Duration>,
+) -> Result<(), Side> {
+    let (fd_in, fd_out) = (from.as_raw_fd(), to.as_raw_fd());
+    let mut lowat = 0u64;
     while n > 0 {
-        let want = n.min(pipe.cap as u64) as u32;
-        let got = match limit {
-            Some(d) => tokio::time::timeout(d, splice_in(from, &pipe, want))
-                .await
-                .unwrap_or(Err(io::ErrorKind::TimedOut.into())),
-            None => splice_in(from, &pipe, want).await,
-        };
-        let mut got = match got {
+        let want = n.min(pipe.cap as u64);
+        // Wake-ups only once `want` bytes are queued (or at EOF/error).
+        if want != lowat {
+            set_rcvlowat(fd_in, want as u32);
+            lowat = want;
+        }
+        let mut got = match splice_nb(fd_in, pipe.w, want as usize) {
+            Ok(0) => return Err(Side::From),
+            Ok(g) => g,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let wait = poll(from, libc::POLLIN);
+                tokio::pin!(wait);
+                let ready = tokio::select! {
+                    biased;
+                    r = &mut wait => r,
+                    _ = tokio::time::sleep(LOWAT_FLUSH_AFTER) => {
+                        // A slow or pausing sender: take what is there
+                        // (lowering the mark wakes the poll if any byte is
+                        // queued) so that data is never held back long and
+                        // the idle timeout measures silence, not slowness.
+                        set_rcvlowat(fd_in, 1);
+                        lowat = 1;
+                        match limit {
+                            Some(d) => tokio::time::timeout(d, wait)
+                                .await
+                                .unwrap_or(Err(io::ErrorKind::TimedOut.into())),
+                            None => wait.await,
+                        }
+                    }
+                };
+                if let Err(e) = ready {
+                    debug!(error = %e, "splice: waiting for the source failed");
+                    return Err(Side::From);
+                }
+                continue;
+            }
             Err(e) => {
                 warn!(error = %e, "splice in failed");
-                let _ = from.shutdown(std::net::Shutdown::Both);
-                return Err(from_fail);
+                return Err(Side::From);
             }
-            Ok(0) => {
-                let _ = from.shutdown(std::net::Shutdown::Both);
-                return Err(from_fail);
-            }
-            Ok(g) => g,
         };
         n -= got as u64;
         while got > 0 {
-            let put = tokio::time::timeout(
-                w.cfg.limits.client_idle_timeout,
-                splice_out(&pipe, to, got as u32),
-            )
-            .await;
-            match put.unwrap_or(Err(io::ErrorKind::TimedOut.into())) {
-                Ok(0) | Err(_) => {
-                    let _ = to.shutdown(std::net::Shutdown::Both);
-                    return Err(to_fail);
-                }
+            match splice_nb(pipe.r, fd_out, got) {
+                Ok(0) => return Err(Side::To),
                 Ok(put) => got -= put,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let ready = tokio::time::timeout(
+                        w.cfg.limits.client_idle_timeout,
+                        poll(to, libc::POLLOUT),
+                    )
+                    .await
+                    .unwrap_or(Err(io::ErrorKind::TimedOut.into()));
+                    if ready.is_err() {
+                        return Err(Side::To);
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "splice out failed");
+                    return Err(Side::To);
+                }
             }
         }
     }
-    w.stats.spliced_bytes_total.fetch_add(total, Relaxed);
-    w.give_pipe(pipe);
     Ok(())
 }

@@ -1,6 +1,6 @@
-//! What tokio-uring lacks, added through its public API: a splice(2)
-//! operation (built as an `UnsubmittedOneshot` around `opcode::Splice`),
-//! per-worker pipes for it, a liveness probe for pooled sockets, and a read
+//! What tokio-uring lacks, added through its public API: a poll operation
+//! (an `UnsubmittedOneshot` around `opcode::PollAdd`) that lets splice(2)
+//! run inline and non-blocking, per-worker pipes for it, a liveness probe for pooled sockets, and a read
 //! helper that appends to a `Vec` with an optional deadline.
 
 use std::io;
@@ -9,7 +9,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types};
-use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 
@@ -55,61 +54,86 @@ impl Drop for Pipe {
     }
 }
 
-/// Keeps both ends of a splice alive until the kernel is done with them,
-/// even if the future is dropped (tokio-uring holds this until completion).
-pub struct SpliceKeep {
+/// Keeps the socket alive until the kernel is done with a poll on it, even
+/// if the future is dropped (tokio-uring holds this until completion).
+pub struct PollKeep {
     _sock: Rc<TcpStream>,
-    _pipe: Rc<Pipe>,
 }
 
-pub struct SpliceTransform;
+pub struct PollTransform;
 
-impl OneshotOutputTransform for SpliceTransform {
-    type Output = io::Result<usize>;
-    type StoredData = SpliceKeep;
+impl OneshotOutputTransform for PollTransform {
+    type Output = io::Result<u32>;
+    type StoredData = PollKeep;
 
-    fn transform_oneshot_output(self, _data: SpliceKeep, cqe: cqueue::Entry) -> io::Result<usize> {
+    fn transform_oneshot_output(self, _data: PollKeep, cqe: cqueue::Entry) -> io::Result<u32> {
         let r = cqe.result();
         if r >= 0 {
-            Ok(r as usize)
+            Ok(r as u32)
         } else {
             Err(io::Error::from_raw_os_error(-r))
         }
     }
 }
 
-fn splice_op(
-    sock: &Rc<TcpStream>,
-    pipe: &Rc<Pipe>,
-    fd_in: RawFd,
-    fd_out: RawFd,
-    len: u32,
-) -> UnsubmittedOneshot<SpliceKeep, SpliceTransform> {
-    let sqe = opcode::Splice::new(types::Fd(fd_in), -1, types::Fd(fd_out), -1, len)
-        .flags(libc::SPLICE_F_MOVE)
-        .build();
+/// Waits (through io_uring, one-shot IORING_OP_POLL_ADD) until `sock` has
+/// one of `events` (POLLIN, POLLOUT; errors and hang-ups always count).
+pub async fn poll(sock: &Rc<TcpStream>, events: i16) -> io::Result<u32> {
+    let sqe = opcode::PollAdd::new(types::Fd(sock.as_raw_fd()), events as u32).build();
     UnsubmittedOneshot::new(
-        SpliceKeep {
+        PollKeep {
             _sock: sock.clone(),
-            _pipe: pipe.clone(),
         },
-        SpliceTransform,
+        PollTransform,
         sqe,
     )
+    .submit()
+    .await
 }
 
-/// Moves up to `len` bytes from `sock` into `pipe`. `Ok(0)`: end of stream.
-pub async fn splice_in(sock: &Rc<TcpStream>, pipe: &Rc<Pipe>, len: u32) -> io::Result<usize> {
-    splice_op(sock, pipe, sock.as_raw_fd(), pipe.w, len)
-        .submit()
-        .await
+/// One non-blocking splice(2) of up to `len` bytes from `fd_in` to
+/// `fd_out` (one of them a pipe). `WouldBlock` when the socket side has
+/// nothing to give or no room.
+///
+/// Why not io_uring's IORING_OP_SPLICE: the kernel always runs it in an
+/// io-wq worker thread (it forces async), so every splice costs a hand-off
+/// to a kernel thread and back, and a splice from an empty socket blocks
+/// that thread. Done inline here, and waited for with a poll only when the
+/// socket is not ready, a splice costs one syscall on the worker thread.
+pub fn splice_nb(fd_in: RawFd, fd_out: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: plain splice between descriptors the caller keeps open; null
+    // offsets (both are streams).
+    let r = unsafe {
+        libc::splice(
+            fd_in,
+            std::ptr::null_mut(),
+            fd_out,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
 }
 
-/// Moves up to `len` bytes from `pipe` to `sock`.
-pub async fn splice_out(pipe: &Rc<Pipe>, sock: &Rc<TcpStream>, len: u32) -> io::Result<usize> {
-    splice_op(sock, pipe, pipe.r, sock.as_raw_fd(), len)
-        .submit()
-        .await
+/// Sets SO_RCVLOWAT: readiness (and so a poll's wake-up) only once this
+/// many bytes are queued, or at end of stream.
+pub fn set_rcvlowat(fd: RawFd, bytes: u32) {
+    let v = bytes.clamp(1, i32::MAX as u32) as libc::c_int;
+    // SAFETY: setsockopt with a valid int option value.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// True if a pooled, idle connection still looks usable: nothing to read
@@ -221,19 +245,59 @@ pub async fn read_append(
     }
 }
 
+/// One send(2) of `buf[from..to]` through io_uring (IORING_OP_SEND; the
+/// buffer and the socket are held until completion). Unlike tokio-uring's
+/// write (IORING_OP_WRITE), a send waits for room even on a socket in
+/// O_NONBLOCK mode, which the splice path puts sockets in.
+fn send_op(
+    sock: &Rc<TcpStream>,
+    buf: Vec<u8>,
+    from: usize,
+    to: usize,
+) -> UnsubmittedOneshot<RecvData, SendTransform> {
+    let len = (to - from).min(u32::MAX as usize) as u32;
+    let sqe = opcode::Send::new(types::Fd(sock.as_raw_fd()), buf[from..to].as_ptr(), len)
+        .flags(libc::MSG_NOSIGNAL)
+        .build();
+    UnsubmittedOneshot::new(
+        RecvData {
+            _sock: sock.clone(),
+            buf,
+        },
+        SendTransform,
+        sqe,
+    )
+}
+
+pub struct SendTransform;
+
+impl OneshotOutputTransform for SendTransform {
+    type Output = (io::Result<usize>, Vec<u8>);
+    type StoredData = RecvData;
+
+    fn transform_oneshot_output(self, d: RecvData, cqe: cqueue::Entry) -> Self::Output {
+        let r = cqe.result();
+        if r >= 0 {
+            (Ok(r as usize), d.buf)
+        } else {
+            (Err(io::Error::from_raw_os_error(-r)), d.buf)
+        }
+    }
+}
+
 /// Writes `buf[from..to]` entirely within `deadline`; gives the buffer
-/// back (an empty one on timeout: the cancelled write keeps it).
+/// back (an empty one on timeout: the cancelled send keeps it).
 ///
 /// A non-blocking send(2) is tried first: a proxy's writes almost always
 /// fit in the socket buffer, and then one syscall finishes the write at
-/// once, where an io_uring write would post a completion that costs one
+/// once, where an io_uring send would post a completion that costs one
 /// more turn of the event loop (an epoll_wait and an io_uring_enter)
 /// before the task could go on. Measured at 4,000 keep-alive req/s: loop
 /// turns per request 4.1 → 2.2, proxy CPU per request −10 %. Whatever does
 /// not fit goes through io_uring.
 pub async fn write_range(
-    sock: &TcpStream,
-    buf: Vec<u8>,
+    sock: &Rc<TcpStream>,
+    mut buf: Vec<u8>,
     mut from: usize,
     to: usize,
     deadline: Duration,
@@ -257,17 +321,40 @@ pub async fn write_range(
         }
     } else {
         from += n as usize;
-        if from == to {
-            return (Ok(()), buf);
-        }
     }
-    match tokio::time::timeout(deadline, sock.write_all(buf.slice(from..to))).await {
-        Ok((res, slice)) => (res, slice.into_inner()),
+    let rest = async {
+        while from < to {
+            let (r, b) = send_op(sock, buf, from, to).submit().await;
+            buf = b;
+            match r {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                Ok(k) => from += k,
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    };
+    match tokio::time::timeout(deadline, rest).await {
+        Ok(r) => r,
         Err(_) => (
             Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
             Vec::new(),
         ),
     }
+}
+
+/// Puts a socket in O_NONBLOCK mode (one ioctl). Needed before splice(2)
+/// from or to it: splice's socket side blocks according to the file's
+/// mode, whatever SPLICE_F_NONBLOCK says. Harmless for this crate's
+/// io_uring socket operations (recv, send, poll), which wait for readiness
+/// either way.
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    let mut on: libc::c_int = 1;
+    // SAFETY: FIONBIO with a valid int argument.
+    if unsafe { libc::ioctl(fd, libc::FIONBIO, &mut on) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

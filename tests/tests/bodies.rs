@@ -217,3 +217,73 @@ fn request_bodies_of_sizes_around_buffer_boundaries_on_one_connection() {
         }
     }
 }
+
+/// A large body whose sender pauses: what has arrived must reach the other
+/// side during the pause (the splice path waits for a pipe's worth of data
+/// with SO_RCVLOWAT, and must settle for less when the sender stops). The
+/// origin sends 150,000 of 600,000 bytes, then waits — bounded — until the
+/// client reports it has them all before sending the rest; a switch that
+/// held them back would leave the origin waiting and the test failing.
+#[test]
+fn spliced_body_is_not_held_back_while_the_sender_pauses() {
+    use std::io::{Read, Write};
+    use std::sync::mpsc;
+    const TOTAL: usize = 600_000;
+    const FIRST: usize = 150_000;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (got_first_tx, got_first_rx) = mpsc::channel::<()>();
+    let (waited_tx, waited_rx) = mpsc::channel::<bool>();
+    let origin = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut b).unwrap();
+            assert!(n > 0, "switch closed before sending the request");
+            head.extend_from_slice(&b[..n]);
+        }
+        let body = pattern(TOTAL);
+        s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {TOTAL}\r\n\r\n").as_bytes())
+            .unwrap();
+        // Two bursts, so that the second lands while the switch is already
+        // waiting for more (the case a read-ahead mark could hold back).
+        s.write_all(&body[..FIRST - 50_000]).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        s.write_all(&body[FIRST - 50_000..FIRST]).unwrap();
+        let in_time = got_first_rx.recv_timeout(Duration::from_secs(10)).is_ok();
+        waited_tx.send(in_time).unwrap();
+        let _ = s.write_all(&body[FIRST..]);
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    let k = Ktcpvs::start(&Config::new("rr", &[addr]));
+    let mut tcp = std::net::TcpStream::connect(k.addr()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    tcp.write_all(&get("/paused")).unwrap();
+    let mut got = Vec::new();
+    let mut b = vec![0u8; 65536];
+    let mut signalled = false;
+    loop {
+        let body_start = got.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+        if let Some(st) = body_start {
+            let body = got.len() - st;
+            if !signalled && body >= FIRST {
+                got_first_tx.send(()).unwrap();
+                signalled = true;
+            }
+            if body >= TOTAL {
+                assert!(got[st..st + TOTAL] == pattern(TOTAL)[..], "body differs");
+                break;
+            }
+        }
+        let n = tcp.read(&mut b).expect("response stalled");
+        assert!(n > 0, "switch closed early after {} bytes", got.len());
+        got.extend_from_slice(&b[..n]);
+    }
+    assert!(
+        waited_rx.recv().unwrap(),
+        "the first 150,000 bytes did not reach the client while the origin paused"
+    );
+    origin.join().unwrap();
+}
