@@ -107,7 +107,10 @@ impl RawFeedback {
         let interval = match self.interval_ms {
             None => d.interval,
             Some(v) if !(100..=3_600_000).contains(&v) => {
-                return Err(field_err(f("interval_ms"), "must be between 100 and 3600000"))
+                return Err(field_err(
+                    f("interval_ms"),
+                    "must be between 100 and 3600000",
+                ))
             }
             Some(v) => Duration::from_millis(v),
         };
@@ -270,7 +273,13 @@ async fn fetch_agent(addr: SocketAddr, path: &str, buf: &mut Vec<u8>) -> Result<
         .headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok());
+        .and_then(|h| {
+            std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        });
     let mut tmp = [0u8; 1024];
     loop {
         let body = buf.len() - hl;
@@ -306,9 +315,8 @@ pub async fn run(svc: Arc<str>, cfg: FeedbackConfig, servers: ServerSet, agent_t
     let full_us = cfg.response_full.as_micros() as f64;
     loop {
         tick.tick().await;
-        let eligible = |s: &crate::sched::Server| {
-            s.up.load(Relaxed) && s.health.base_weight.load(Relaxed) > 0
-        };
+        let eligible =
+            |s: &crate::sched::Server| s.up.load(Relaxed) && s.health.base_weight.load(Relaxed) > 0;
         let mut new = Vec::with_capacity(servers.len());
         let (mut sum, mut count) = (0u64, 0u64);
         for (s, p) in servers.iter().zip(prev.iter_mut()) {
@@ -321,7 +329,11 @@ pub async fn run(svc: Arc<str>, cfg: FeedbackConfig, servers: ServerSet, agent_t
                 count += 1;
             }
         }
-        let mean = if count > 0 { sum as f64 / count as f64 } else { 0.0 };
+        let mean = if count > 0 {
+            sum as f64 / count as f64
+        } else {
+            0.0
+        };
         for (i, s) in servers.iter().enumerate() {
             let h = &s.health;
             let probe_sum = h.probe_sum_us.swap(0, Relaxed);
@@ -348,7 +360,9 @@ pub async fn run(svc: Arc<str>, cfg: FeedbackConfig, servers: ServerSet, agent_t
                         ind[3] = l.mem;
                         ind[4] = l.proc;
                     }
-                    Err(e) => debug!(service = %svc, server = %s.addr, agent = %a, error = %e, "load agent failed"),
+                    Err(e) => {
+                        debug!(service = %svc, server = %s.addr, agent = %a, error = %e, "load agent failed")
+                    }
                 }
             }
             let Some(agg) = aggregate(&cfg.r, &ind) else {
@@ -378,7 +392,14 @@ mod tests {
 
     #[test]
     fn aggregate_is_the_thesis_formula_with_all_indicators() {
-        let ind = [Some(1.0), Some(0.5), Some(0.2), Some(0.4), Some(0.6), Some(0.8)];
+        let ind = [
+            Some(1.0),
+            Some(0.5),
+            Some(0.2),
+            Some(0.4),
+            Some(0.6),
+            Some(0.8),
+        ];
         // 0.1·1 + 0.3·0.5 + 0.1·0.2 + 0.1·0.4 + 0.1·0.6 + 0.3·0.8 = 0.61
         let agg = aggregate(&WEB_COEFFICIENTS, &ind).unwrap();
         assert!((agg - 0.61).abs() < 1e-12, "{agg}");
@@ -448,17 +469,30 @@ mod tests {
         let off = HealthConfig::default();
         let check = |text: &str, h: &HealthConfig| {
             let raw: RawFeedback = toml::from_str(text).unwrap();
-            raw.check("service[0].feedback", h).map_err(|e| e.to_string())
+            raw.check("service[0].feedback", h)
+                .map_err(|e| e.to_string())
         };
         assert!(check("enabled = true", &on).unwrap().enabled);
         for (text, h, field) in [
             ("enabled = true", &off, "service[0].feedback.enabled:"),
-            ("coefficients = [0.5, 0.5]", &on, "service[0].feedback.coefficients:"),
-            ("coefficients = [0.5, 0.5, 0.5, 0, 0, 0]", &on, "service[0].feedback.coefficients:"),
+            (
+                "coefficients = [0.5, 0.5]",
+                &on,
+                "service[0].feedback.coefficients:",
+            ),
+            (
+                "coefficients = [0.5, 0.5, 0.5, 0, 0, 0]",
+                &on,
+                "service[0].feedback.coefficients:",
+            ),
             ("a = 0.0", &on, "service[0].feedback.a:"),
             ("scale = 0", &on, "service[0].feedback.scale:"),
             ("interval_ms = 5", &on, "service[0].feedback.interval_ms:"),
-            ("agent_path = \"load\"", &on, "service[0].feedback.agent_path:"),
+            (
+                "agent_path = \"load\"",
+                &on,
+                "service[0].feedback.agent_path:",
+            ),
         ] {
             let e = check(text, h).unwrap_err();
             assert!(e.starts_with(field), "{text}: {e}");

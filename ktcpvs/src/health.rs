@@ -141,7 +141,9 @@ pub fn passive_reset(svc: &str, s: &Server, fall: u32) {
         set_down(
             svc,
             s,
-            format_args!("{n} consecutive failures, last: pooled connection reset before a response"),
+            format_args!(
+                "{n} consecutive failures, last: pooled connection reset before a response"
+            ),
         );
     }
 }
@@ -361,12 +363,7 @@ pub fn start(
                     let name: Arc<str> = w.name.into();
                     let cfg = Arc::new(w.health);
                     for i in 0..w.servers.len() {
-                        tokio::spawn(probe_loop(
-                            name.clone(),
-                            cfg.clone(),
-                            w.servers.clone(),
-                            i,
-                        ));
+                        tokio::spawn(probe_loop(name.clone(), cfg.clone(), w.servers.clone(), i));
                     }
                     if w.feedback.enabled {
                         tokio::spawn(feedback::run(
@@ -444,9 +441,7 @@ async fn probe_once(
         return Ok(());
     };
     let _ = c.set_nodelay(true);
-    c.write_all(req)
-        .await
-        .map_err(|e| format!("send: {e}"))?;
+    c.write_all(req).await.map_err(|e| format!("send: {e}"))?;
     let code = read_status(&mut c, buf).await?;
     if (status.0..=status.1).contains(&code) {
         Ok(())
@@ -519,34 +514,72 @@ fn on_failure(svc: &str, s: &Server, cfg: &HealthConfig, why: &str) {
 // ------------------------------------------------------------ metrics
 
 /// Appends the per-server health metrics (Prometheus text).
-pub fn render_metrics<'a>(out: &mut String, services: impl Iterator<Item = (&'a str, &'a ServerSet)> + Clone) {
-    let block = |out: &mut String, name: &str, kind: &str, help: &str, v: &dyn Fn(&Server) -> Option<String>| {
-        let _ = writeln!(out, "# HELP ktcpvs_{name} {help}\n# TYPE ktcpvs_{name} {kind}");
+pub fn render_metrics<'a>(
+    out: &mut String,
+    services: impl Iterator<Item = (&'a str, &'a ServerSet)> + Clone,
+) {
+    let block = |out: &mut String,
+                 name: &str,
+                 kind: &str,
+                 help: &str,
+                 v: &dyn Fn(&Server) -> Option<String>| {
+        let _ = writeln!(
+            out,
+            "# HELP ktcpvs_{name} {help}\n# TYPE ktcpvs_{name} {kind}"
+        );
         for (svc, servers) in services.clone() {
             for s in servers.iter() {
                 if let Some(v) = v(s) {
-                    let _ = writeln!(out, "ktcpvs_{name}{{service=\"{svc}\",server=\"{}\"}} {v}", s.addr);
+                    let _ = writeln!(
+                        out,
+                        "ktcpvs_{name}{{service=\"{svc}\",server=\"{}\"}} {v}",
+                        s.addr
+                    );
                 }
             }
         }
     };
-    block(out, "server_healthy", "gauge", "Health state of a real server: 1 up, 0 down (probes or passive detection).", &|s| {
-        Some(u8::from(s.up.load(Relaxed)).to_string())
-    });
-    block(out, "server_health_transitions_total", "counter", "Up/down transitions of a real server.", &|s| {
-        Some(s.health.transitions.load(Relaxed).to_string())
-    });
-    block(out, "server_probe_latency_seconds", "gauge", "Duration of the last successful health probe.", &|s| {
-        let us = s.health.last_probe_us.load(Relaxed);
-        (us != NO_PROBE).then(|| format!("{:.6}", us as f64 / 1e6))
-    });
-    block(out, "server_weight", "gauge", "Effective scheduling weight (dynamic feedback moves it; 0 drains).", &|s| {
-        Some(s.weight().to_string())
-    });
-    block(out, "server_aggregate_load", "gauge", "Aggregate load of the last dynamic-feedback round (thesis 4.2; 0.95 is the target).", &|s| {
-        let m = s.health.agg_milli.load(Relaxed);
-        (m != 0).then(|| format!("{:.3}", m as f64 / 1000.0))
-    });
+    block(
+        out,
+        "server_healthy",
+        "gauge",
+        "Health state of a real server: 1 up, 0 down (probes or passive detection).",
+        &|s| Some(u8::from(s.up.load(Relaxed)).to_string()),
+    );
+    block(
+        out,
+        "server_health_transitions_total",
+        "counter",
+        "Up/down transitions of a real server.",
+        &|s| Some(s.health.transitions.load(Relaxed).to_string()),
+    );
+    block(
+        out,
+        "server_probe_latency_seconds",
+        "gauge",
+        "Duration of the last successful health probe.",
+        &|s| {
+            let us = s.health.last_probe_us.load(Relaxed);
+            (us != NO_PROBE).then(|| format!("{:.6}", us as f64 / 1e6))
+        },
+    );
+    block(
+        out,
+        "server_weight",
+        "gauge",
+        "Effective scheduling weight (dynamic feedback moves it; 0 drains).",
+        &|s| Some(s.weight().to_string()),
+    );
+    block(
+        out,
+        "server_aggregate_load",
+        "gauge",
+        "Aggregate load of the last dynamic-feedback round (thesis 4.2; 0.95 is the target).",
+        &|s| {
+            let m = s.health.agg_milli.load(Relaxed);
+            (m != 0).then(|| format!("{:.3}", m as f64 / 1000.0))
+        },
+    );
 }
 
 #[cfg(test)]
@@ -568,7 +601,8 @@ mod tests {
 
     #[test]
     fn http_probe_and_status_forms() {
-        let c = check("enabled = true\ntype = \"http\"\npath = \"/health\"\nexpect_status = 204\n").unwrap();
+        let c = check("enabled = true\ntype = \"http\"\npath = \"/health\"\nexpect_status = 204\n")
+            .unwrap();
         assert_eq!(
             c.probe,
             Probe::Http {
@@ -579,7 +613,13 @@ mod tests {
             }
         );
         let c = check("type = \"http\"\nexpect_status = \"200-299\"\n").unwrap();
-        assert!(matches!(c.probe, Probe::Http { status: (200, 299), .. }));
+        assert!(matches!(
+            c.probe,
+            Probe::Http {
+                status: (200, 299),
+                ..
+            }
+        ));
         let req = probe_request(&c.probe, "127.0.0.1:81".parse().unwrap()).unwrap();
         assert!(req.starts_with(b"GET / HTTP/1.1\r\nHost: 127.0.0.1:81\r\n"));
     }
@@ -593,9 +633,18 @@ mod tests {
             ("type = \"icmp\"", "service[0].health.type:"),
             ("path = \"/x\"", "service[0].health.type:"),
             ("type = \"http\"\npath = \"x\"", "service[0].health.path:"),
-            ("type = \"http\"\nmethod = \"get it\"", "service[0].health.method:"),
-            ("type = \"http\"\nexpect_status = \"300-200\"", "service[0].health.expect_status:"),
-            ("type = \"http\"\nexpect_status = 700", "service[0].health.expect_status:"),
+            (
+                "type = \"http\"\nmethod = \"get it\"",
+                "service[0].health.method:",
+            ),
+            (
+                "type = \"http\"\nexpect_status = \"300-200\"",
+                "service[0].health.expect_status:",
+            ),
+            (
+                "type = \"http\"\nexpect_status = 700",
+                "service[0].health.expect_status:",
+            ),
         ] {
             let e = check(text).unwrap_err();
             assert!(e.starts_with(field), "{text}: {e}");
@@ -633,6 +682,27 @@ mod tests {
         assert!(s.up.load(Relaxed));
         assert_eq!(s.health.transitions.load(Relaxed), 2);
         assert_eq!(s.health.last_probe_us.load(Relaxed), 7);
+    }
+
+    #[test]
+    fn every_scheduler_skips_drained_and_down_servers() {
+        use crate::sched::{lblc::LocalityTable, req, test_servers, Exclude, SchedulerKind};
+        let table = Arc::new(LocalityTable::new(1024));
+        for kind in ["rr", "wrr", "lc", "wlc", "lblc"] {
+            let kind = SchedulerKind::parse(kind).unwrap();
+            let servers = test_servers(&[2, 3, 1]);
+            servers[1].set_weight(0); // drained
+            servers[2].mark_down(0); // down
+            let mut sched = kind.build(&table);
+            for i in 0..50 {
+                let t = format!("/t{i}");
+                let got = sched.pick(&servers, &req(t.as_bytes()), Exclude(0));
+                assert_eq!(got, Some(0), "{}", kind.name());
+            }
+            servers[0].set_weight(0);
+            let got = sched.pick(&servers, &req(b"/x"), Exclude(0));
+            assert_eq!(got, None, "{}: nothing schedulable", kind.name());
+        }
     }
 
     #[test]

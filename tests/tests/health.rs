@@ -46,7 +46,8 @@ fn cfg_with(servers: Vec<Server>, extra: &str) -> (Config, SocketAddr) {
     (cfg, m)
 }
 
-const TCP_PROBES: &str = "[service.health]\nenabled = true\ninterval_ms = 100\ntimeout_ms = 300\nrise = 3\nfall = 2\n";
+const TCP_PROBES: &str =
+    "[service.health]\nenabled = true\ninterval_ms = 100\ntimeout_ms = 300\nrise = 3\nfall = 2\n";
 
 /// Restarts an origin on the port it had (bounded retries while the port
 /// is released).
@@ -72,7 +73,8 @@ fn probes_take_a_stopped_origin_out_and_bring_it_back_after_rise_successes() {
     let (cfg, m) = cfg_with(vec![Server::new(o1.addr()), Server::new(a2)], TCP_PROBES);
     let mut k = Ktcpvs::start(&cfg);
     assert!(
-        wait_until(WAIT, || metric(m, "server_probe_latency_seconds", a2).is_some()),
+        wait_until(WAIT, || metric(m, "server_probe_latency_seconds", a2)
+            .is_some()),
         "no probe of {a2} recorded:\n{}",
         scrape(m)
     );
@@ -125,6 +127,9 @@ fn probes_take_a_stopped_origin_out_and_bring_it_back_after_rise_successes() {
     k.assert_running();
 }
 
+/// When a request was sent, and its origin or what went wrong.
+type Outcome = (Instant, Result<String, String>);
+
 #[test]
 fn origin_killed_under_load_no_request_fails_once_it_is_marked_down() {
     let o1 = Origin::start("o1");
@@ -137,7 +142,7 @@ fn origin_killed_under_load_no_request_fails_once_it_is_marked_down() {
     // Four keep-alive clients in a loop; each result is recorded with the
     // time its request was sent.
     let stop = Arc::new(AtomicBool::new(false));
-    let results: Arc<Mutex<Vec<(Instant, Result<String, String>)>>> = Arc::default();
+    let results: Arc<Mutex<Vec<Outcome>>> = Arc::default();
     let load: Vec<JoinHandle<()>> = (0..4)
         .map(|t| {
             let (stop, results) = (stop.clone(), results.clone());
@@ -175,7 +180,7 @@ fn origin_killed_under_load_no_request_fails_once_it_is_marked_down() {
         k.stderr()
     );
     let marked = Instant::now();
-    let count_after = |results: &Mutex<Vec<(Instant, Result<String, String>)>>| {
+    let count_after = |results: &Mutex<Vec<Outcome>>| {
         results
             .lock()
             .unwrap()
@@ -363,7 +368,8 @@ fn weight_zero_drains_new_requests_while_in_flight_ones_finish() {
     );
     let mut k = Ktcpvs::start(&cfg);
     assert!(
-        wait_until(WAIT, || metric(m, "server_aggregate_load", gate.addr).is_some()),
+        wait_until(WAIT, || metric(m, "server_aggregate_load", gate.addr)
+            .is_some()),
         "no feedback round for the gate:\n{}\n{}",
         scrape(m),
         k.stderr()
@@ -405,7 +411,10 @@ fn weight_zero_drains_new_requests_while_in_flight_ones_finish() {
     gate.release.store(true, Ordering::SeqCst);
     let mut on_gate = 0;
     for c in clients {
-        let r = c.join().expect("client thread").expect("held request failed");
+        let r = c
+            .join()
+            .expect("client thread")
+            .expect("held request failed");
         assert_eq!(r.status, 200, "{r:?}");
         if r.origin() == "gate" {
             assert_eq!(r.body, b"held!");
@@ -420,7 +429,10 @@ fn weight_zero_drains_new_requests_while_in_flight_ones_finish() {
 fn req_id(head: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(head);
     text.lines()
-        .find_map(|l| l.strip_prefix("X-Req-Id: ").or_else(|| l.strip_prefix("x-req-id: ")))
+        .find_map(|l| {
+            l.strip_prefix("X-Req-Id: ")
+                .or_else(|| l.strip_prefix("x-req-id: "))
+        })
         .map(|v| v.trim().to_string())
 }
 
@@ -444,7 +456,12 @@ fn idempotent_requests_on_a_dying_server_are_retried_a_post_is_not() {
     for i in 0..8 {
         let r = fetch(
             k.addr(),
-            &request("POST", "/echo", &[("X-Req-Id", &format!("p{i}"))], b"hello body"),
+            &request(
+                "POST",
+                "/echo",
+                &[("X-Req-Id", &format!("p{i}"))],
+                b"hello body",
+            ),
         )
         .expect("response");
         statuses.push((format!("p{i}"), r.status));
@@ -466,7 +483,10 @@ fn idempotent_requests_on_a_dying_server_are_retried_a_post_is_not() {
     for (id, status) in &statuses {
         if at_dying.contains(id) {
             assert_eq!(*status, 502, "POST {id} on the dying server");
-            assert!(!at_good.contains(id), "POST {id} was re-sent to another server");
+            assert!(
+                !at_good.contains(id),
+                "POST {id} was re-sent to another server"
+            );
         } else {
             assert_eq!(*status, 200, "POST {id}");
             assert!(at_good.contains(id));
