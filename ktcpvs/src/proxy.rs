@@ -126,7 +126,10 @@ pub async fn exchange(
         };
         force_fresh = false;
         let _load = LoadGuard::new(server, head.cost());
-        server.health.picks.fetch_add(1, Relaxed);
+        if s.cfg.feedback.enabled {
+            // Dynamic feedback's INPUT indicator.
+            server.health.picks.fetch_add(1, Relaxed);
+        }
         w.stats.requests_total.fetch_add(1, Relaxed);
         let r = forward(w, s, client, &conn, bufs, head, view).await;
         if reused && r.as_ref().err() == Some(&Fail::BeforeResponse) {
