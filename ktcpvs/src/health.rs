@@ -706,6 +706,23 @@ mod tests {
     }
 
     #[test]
+    fn with_probes_on_a_passively_downed_server_needs_rise_successes() {
+        let cfg = HealthConfig {
+            enabled: true,
+            rise: 3,
+            ..HealthConfig::default()
+        };
+        let s = server();
+        let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        passive_connect_failure("t", &s, &e);
+        on_success("t", &s, &cfg, Duration::from_micros(5));
+        on_success("t", &s, &cfg, Duration::from_micros(5));
+        assert!(!s.up.load(Relaxed));
+        on_success("t", &s, &cfg, Duration::from_micros(5));
+        assert!(s.up.load(Relaxed));
+    }
+
+    #[test]
     fn passive_resets_count_towards_fall_and_connect_failure_is_immediate() {
         let s = server();
         passive_reset("t", &s, 2);

@@ -81,12 +81,15 @@ fn probes_take_a_stopped_origin_out_and_bring_it_back_after_rise_successes() {
     assert_eq!(healthy(m, a2), Some(1.0));
 
     // No traffic at all: only the probes can notice.
+    let stopped = Instant::now();
     o2.stop();
     assert!(
         wait_until(WAIT, || healthy(m, a2) == Some(0.0)),
         "stopped origin not marked down:\n{}",
         k.stderr()
     );
+    // Informational (interval 100 ms, timeout 300 ms, fall 2, rise 3).
+    eprintln!("marked down {:?} after the stop", stopped.elapsed());
     let log = k.stderr();
     let down = log
         .lines()
@@ -99,12 +102,14 @@ fn probes_take_a_stopped_origin_out_and_bring_it_back_after_rise_successes() {
         assert_eq!(r.origin(), "o1", "a request went to the down server");
     }
 
+    let restarted = Instant::now();
     let o2 = restart("o2", a2);
     assert!(
         wait_until(WAIT, || healthy(m, a2) == Some(1.0)),
         "restarted origin not back:\n{}",
         k.stderr()
     );
+    eprintln!("back up {:?} after the restart", restarted.elapsed());
     let log = k.stderr();
     let up = log
         .lines()
@@ -207,6 +212,14 @@ fn origin_killed_under_load_no_request_fails_once_it_is_marked_down() {
     let results = results.lock().unwrap();
     let after: Vec<_> = results.iter().filter(|(t, _)| *t > marked).collect();
     let failed: Vec<_> = after.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+    // Informational: failures before the mark (idempotent GETs are retried,
+    // so normally none either).
+    eprintln!(
+        "{} requests, {} failed before the server was marked down, {} sent after",
+        results.len(),
+        results.iter().filter(|(_, r)| r.is_err()).count() - failed.len(),
+        after.len()
+    );
     assert!(
         failed.is_empty(),
         "{} of {} requests sent after the server was marked down failed: {:?}",
@@ -227,7 +240,7 @@ fn http_probe_with_an_unexpected_status_marks_the_server_down() {
     let o1 = Origin::start("o1");
     let (cfg, m) = cfg_with(
         vec![Server::new(bad.addr()), Server::new(o1.addr())],
-        "[service.health]\nenabled = true\ntype = \"http\"\npath = \"/healthz\"\nexpect_status = \"200-299\"\ninterval_ms = 100\ntimeout_ms = 500\nrise = 2\nfall = 2\n",
+        "[service.health]\nenabled = true\ntype = \"http\"\npath = \"/healthz\"\nhost = \"health.local\"\nexpect_status = \"200-299\"\ninterval_ms = 100\ntimeout_ms = 500\nrise = 2\nfall = 2\n",
     );
     let mut k = Ktcpvs::start(&cfg);
     assert!(
@@ -247,11 +260,9 @@ fn http_probe_with_an_unexpected_status_marks_the_server_down() {
     let heads = bad.requests();
     assert!(!heads.is_empty());
     for h in &heads {
-        assert!(
-            h.starts_with(b"GET /healthz HTTP/1.1\r\n"),
-            "{:?}",
-            String::from_utf8_lossy(h)
-        );
+        let text = String::from_utf8_lossy(h);
+        assert!(text.starts_with("GET /healthz HTTP/1.1\r\n"), "{text:?}");
+        assert!(text.contains("\r\nHost: health.local\r\n"), "{text:?}");
     }
     k.assert_running();
 }
