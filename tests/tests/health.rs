@@ -504,3 +504,30 @@ fn idempotent_requests_on_a_dying_server_are_retried_a_post_is_not() {
         }
     }
 }
+
+#[test]
+fn bad_health_and_feedback_settings_are_refused_naming_the_field() {
+    let base = Config::new("rr", &[dead_addr()]);
+    for (extra, field) in [
+        ("[service.health]\nenabled = true\nrise = 0\n", "service[0].health.rise"),
+        (
+            "[service.health]\ntype = \"http\"\nexpect_status = \"299-200\"\n",
+            "service[0].health.expect_status",
+        ),
+        ("[service.feedback]\nenabled = true\n", "service[0].feedback.enabled"),
+        (
+            "[service.health]\nenabled = true\n[service.feedback]\nenabled = true\ncoefficients = [1, 1, 0, 0, 0, 0]\n",
+            "service[0].feedback.coefficients",
+        ),
+    ] {
+        let mut cfg = base.clone();
+        cfg.svc().extra = extra.to_string();
+        let out = run_check(&cfg.to_toml(free_addr()));
+        assert!(!out.success(), "accepted {extra:?}: {out:?}");
+        assert!(out.stderr.contains(field), "{field} not named: {out:?}");
+    }
+    let mut cfg = base.clone();
+    cfg.svc().extra = "[service.health]\nenabled = true\ntype = \"http\"\npath = \"/h\"\n[service.feedback]\nenabled = true\n".into();
+    let out = run_check(&cfg.to_toml(free_addr()));
+    assert!(out.success(), "{out:?}");
+}
