@@ -26,7 +26,7 @@ pub enum ConfigError {
     Field { field: String, msg: String },
 }
 
-fn field_err(field: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+pub(crate) fn field_err(field: impl Into<String>, msg: impl Into<String>) -> ConfigError {
     ConfigError::Field {
         field: field.into(),
         msg: msg.into(),
@@ -80,6 +80,10 @@ pub struct RawService {
     #[serde(default)]
     pub lblc: RawLblc,
     #[serde(default)]
+    pub health: crate::health::RawHealth,
+    #[serde(default)]
+    pub feedback: crate::feedback::RawFeedback,
+    #[serde(default)]
     pub server: Vec<RawServer>,
 }
 
@@ -114,6 +118,8 @@ pub struct RawServer {
     pub weight: Option<u32>,
     pub low: Option<u32>,
     pub high: Option<u32>,
+    /// Load agent for dynamic feedback (ip:port).
+    pub agent: Option<String>,
 }
 
 // ------------------------------------------------------------ checked layer
@@ -150,6 +156,8 @@ pub struct ServiceConfig {
     pub pool: PoolConfig,
     pub lblc_max_entries: usize,
     pub lblc_expire: Duration,
+    pub health: crate::health::HealthConfig,
+    pub feedback: crate::feedback::FeedbackConfig,
     pub servers: Vec<ServerConfig>,
 }
 
@@ -174,6 +182,7 @@ pub struct ServerConfig {
     pub weight: u32,
     pub low: u32,
     pub high: u32,
+    pub agent: Option<SocketAddr>,
 }
 
 /// Default number of bytes from which a body is spliced rather than copied.
@@ -403,13 +412,22 @@ impl RawConfig {
                         format!("must not exceed high ({high})"),
                     ));
                 }
+                let agent = match r.agent {
+                    None => None,
+                    Some(a) => Some(a.parse::<SocketAddr>().map_err(|e| {
+                        field_err(g("agent"), format!("not an address ip:port ({e})"))
+                    })?),
+                };
                 servers.push(ServerConfig {
                     address,
                     weight,
                     low,
                     high,
+                    agent,
                 });
             }
+            let health = s.health.check(&f("health"))?;
+            let feedback = s.feedback.check(&f("feedback"), &health)?;
             let lblc_max_entries = s.lblc.max_entries.unwrap_or(1 << 20);
             if lblc_max_entries == 0 {
                 return Err(field_err(f("lblc.max_entries"), "must be greater than 0"));
@@ -422,6 +440,8 @@ impl RawConfig {
                 pool,
                 lblc_max_entries,
                 lblc_expire: Duration::from_secs(s.lblc.expire_s.unwrap_or(360).max(1)),
+                health,
+                feedback,
                 servers,
             });
         }

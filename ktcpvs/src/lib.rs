@@ -7,6 +7,8 @@
 
 pub mod config;
 pub mod conn;
+pub mod feedback;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod pool;
@@ -28,7 +30,6 @@ use tracing::info;
 pub use config::Config;
 use metrics::{Registry, WorkerStats};
 use sched::lblc::LocalityTable;
-use sched::Server;
 use worker::SharedService;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start health-check thread: {0}")]
+    Health(std::io::Error),
     #[error("cannot start worker thread: {0}")]
     Thread(std::io::Error),
 }
@@ -57,6 +60,7 @@ pub struct Running {
     pub registry: Arc<Registry>,
     workers: Vec<JoinHandle<()>>,
     metrics: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    health: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -65,6 +69,9 @@ impl Running {
     pub fn wait(self) {
         for w in self.workers {
             let _ = w.join();
+        }
+        if let Some(h) = self.health {
+            let _ = h.join();
         }
         if let Some((stop, h)) = self.metrics {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -102,7 +109,7 @@ pub fn start(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<Running, St
             servers: s
                 .servers
                 .iter()
-                .map(|r| Server::new(r.address, r.weight, r.low, r.high))
+                .map(health::new_server)
                 .collect::<Vec<_>>()
                 .into(),
             table: Arc::new(LocalityTable::new(s.lblc_max_entries)),
@@ -154,6 +161,20 @@ pub fn start(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<Running, St
         None => None,
     };
 
+    let health = health::start(
+        shared
+            .iter()
+            .map(|s| health::Watched {
+                name: s.cfg.name.clone(),
+                health: s.cfg.health.clone(),
+                feedback: s.cfg.feedback.clone(),
+                servers: s.servers.clone(),
+            })
+            .collect(),
+        shutdown.clone(),
+    )
+    .map_err(StartError::Health)?;
+
     let mut workers = Vec::with_capacity(cfg.workers);
     for (id, listeners) in per_worker.into_iter().enumerate() {
         let (cfg, shared, stats, sd) = (
@@ -176,5 +197,6 @@ pub fn start(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<Running, St
         registry,
         workers,
         metrics,
+        health,
     })
 }

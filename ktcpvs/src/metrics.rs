@@ -84,6 +84,10 @@ impl Registry {
                 );
             }
         }
+        crate::health::render_metrics(
+            &mut out,
+            self.services.iter().map(|(n, s, _)| (n.as_str(), s)),
+        );
         out.push_str("# HELP ktcpvs_locality_entries Entries of the lblc locality table.\n# TYPE ktcpvs_locality_entries gauge\n");
         for (name, _, t) in &self.services {
             let _ = writeln!(

@@ -120,9 +120,7 @@ pub async fn exchange(
                 }
                 Err(e) => {
                     w.stats.server_connect_errors_total.fetch_add(1, Relaxed);
-                    if server.mark_down(crate::worker::clock_s()) {
-                        warn!(server = %server.addr, error = %e, "cannot connect to real server: taken out of rotation");
-                    }
+                    crate::health::passive_connect_failure(&s.cfg.name, server, &e);
                     exclude.add(i);
                     force_fresh = false;
                     continue;
@@ -131,8 +129,17 @@ pub async fn exchange(
         };
         force_fresh = false;
         let _load = LoadGuard::new(server, head.cost());
+        if s.cfg.feedback.enabled {
+            // Dynamic feedback's INPUT indicator.
+            server.health.picks.fetch_add(1, Relaxed);
+        }
         w.stats.requests_total.fetch_add(1, Relaxed);
-        match forward(w, s, client, &conn, bufs, head, view).await {
+        let r = forward(w, s, client, &conn, bufs, head, view).await;
+        if reused && r.as_ref().err() == Some(&Fail::BeforeResponse) {
+            // Passive detection: a pooled connection reset or closed.
+            crate::health::passive_reset(&s.cfg.name, server, s.cfg.health.fall);
+        }
+        match r {
             Ok(done) => {
                 w.stats.responses_total.fetch_add(1, Relaxed);
                 if head.body == Body::None {

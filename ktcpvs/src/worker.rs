@@ -230,11 +230,10 @@ async fn housekeeping(w: Rc<Worker>) {
         tick += 1;
         let mut idle = 0;
         for s in &w.services {
-            if w.id == 0 {
+            // With active health checks only the probes readmit a server.
+            if w.id == 0 && !s.cfg.health.enabled {
                 for srv in s.servers.iter() {
-                    if srv.readmit(clock_s(), READMIT_AFTER_S) {
-                        info!(server = %srv.addr, "real server back in rotation (next request probes it)");
-                    }
+                    crate::health::passive_tick(&s.cfg.name, srv, clock_s(), READMIT_AFTER_S);
                 }
             }
             let mut p = s.pool.borrow_mut();

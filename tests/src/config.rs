@@ -12,6 +12,8 @@ pub struct Server {
     pub weight: u32,
     pub low: u32,
     pub high: u32,
+    /// Load agent address (dynamic feedback).
+    pub agent: Option<SocketAddr>,
 }
 
 impl Server {
@@ -21,6 +23,7 @@ impl Server {
             weight: 1,
             low: 30,
             high: 60,
+            agent: None,
         }
     }
 
@@ -44,6 +47,9 @@ pub struct Service {
     pub idle_timeout_ms: u64,
     pub connect_timeout_ms: u64,
     pub response_timeout_ms: u64,
+    /// Extra TOML tables of the service (e.g. `[service.health]`), written
+    /// before its servers.
+    pub extra: String,
     pub servers: Vec<Server>,
 }
 
@@ -54,6 +60,8 @@ pub struct Config {
     pub max_header_bytes: usize,
     pub client_header_timeout_ms: u64,
     pub client_idle_timeout_ms: u64,
+    /// `global.metrics` (Prometheus endpoint), if any.
+    pub metrics: Option<SocketAddr>,
     pub services: Vec<Service>,
 }
 
@@ -70,6 +78,7 @@ impl Config {
             max_header_bytes: 16384,
             client_header_timeout_ms: 10_000,
             client_idle_timeout_ms: 60_000,
+            metrics: None,
             services: vec![Service {
                 name: "web".into(),
                 listen: None,
@@ -81,6 +90,7 @@ impl Config {
                 idle_timeout_ms: 4000,
                 connect_timeout_ms: 2000,
                 response_timeout_ms: 30_000,
+                extra: String::new(),
                 servers,
             }],
         }
@@ -95,7 +105,11 @@ impl Config {
     /// `fallback_listen`.
     pub fn to_toml(&self, fallback_listen: SocketAddr) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "[global]\nworkers = {}\n", self.workers);
+        let _ = writeln!(s, "[global]\nworkers = {}", self.workers);
+        if let Some(m) = self.metrics {
+            let _ = writeln!(s, "metrics = \"{m}\"");
+        }
+        s.push('\n');
         let _ = writeln!(
             s,
             "[limits]\nmax_header_bytes = {}\nclient_header_timeout_ms = {}\nclient_idle_timeout_ms = {}\n",
@@ -118,12 +132,18 @@ impl Config {
                 "[service.pool]\nmax_idle_per_server = {}\nidle_timeout_ms = {}\nconnect_timeout_ms = {}\nresponse_timeout_ms = {}\n",
                 svc.max_idle_per_server, svc.idle_timeout_ms, svc.connect_timeout_ms, svc.response_timeout_ms
             );
+            s.push_str(&svc.extra);
+            s.push('\n');
             for srv in &svc.servers {
                 let _ = writeln!(
                     s,
-                    "[[service.server]]\naddress = \"{}\"\nweight = {}\nlow = {}\nhigh = {}\n",
+                    "[[service.server]]\naddress = \"{}\"\nweight = {}\nlow = {}\nhigh = {}",
                     srv.address, srv.weight, srv.low, srv.high
                 );
+                if let Some(a) = srv.agent {
+                    let _ = writeln!(s, "agent = \"{a}\"");
+                }
+                s.push('\n');
             }
         }
         s

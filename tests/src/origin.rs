@@ -83,7 +83,13 @@ pub struct Origin {
 impl Origin {
     /// Starts an origin named `name` on a fresh loopback port.
     pub fn start(name: &str) -> Origin {
-        let std_listener = StdListener::bind("127.0.0.1:0").expect("origin bind");
+        Self::try_start_at(name, SocketAddr::from(([127, 0, 0, 1], 0))).expect("origin bind")
+    }
+
+    /// Starts an origin on a given address (e.g. to restart one that was
+    /// stopped, on the same port).
+    pub fn try_start_at(name: &str, addr: SocketAddr) -> std::io::Result<Origin> {
+        let std_listener = StdListener::bind(addr)?;
         std_listener.set_nonblocking(true).expect("nonblocking");
         let addr = std_listener.local_addr().expect("local_addr");
         let state = Arc::new(State {
@@ -102,12 +108,12 @@ impl Origin {
                 rt.block_on(accept_loop(std_listener, st, rx));
             })
             .expect("spawn origin thread");
-        Origin {
+        Ok(Origin {
             addr,
             state,
             stop: Some(tx),
             thread: Some(thread),
-        }
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -30,6 +30,8 @@ pub struct Server {
     /// When (seconds on the process clock, see [`Server::mark_down`]) the
     /// server was last taken out after failing.
     pub down_since: std::sync::atomic::AtomicU64,
+    /// Health checking and dynamic-feedback state (`crate::health`).
+    pub health: crate::health::HealthState,
 }
 
 impl Server {
@@ -42,6 +44,7 @@ impl Server {
             conns: AtomicU32::new(0),
             up: AtomicBool::new(true),
             down_since: Default::default(),
+            health: crate::health::HealthState::new(weight),
         }
     }
 

@@ -45,6 +45,10 @@ impl Scheduler for WeightedRoundRobin {
         if max == 0 {
             return None;
         }
+        // Weights may have dropped since the last pick (dynamic feedback,
+        // administration): a current weight above the new maximum would
+        // need more passes than the loop allows.
+        self.cw = self.cw.min(max as i64);
         // At most one full pass over every weight level finds a server.
         for _ in 0..(n * (max / g) as usize + n) {
             self.i = (self.i + 1) % n as isize;
@@ -67,6 +71,21 @@ impl Scheduler for WeightedRoundRobin {
 mod tests {
     use super::*;
     use crate::sched::{req, test_servers};
+
+    #[test]
+    fn weights_dropping_between_picks_still_schedule() {
+        let s = test_servers(&[10, 10, 10]);
+        let mut w = WeightedRoundRobin::default();
+        for _ in 0..3 {
+            assert!(w.pick(&s, &req(b"/"), Exclude(0)).is_some());
+        }
+        for x in s.iter() {
+            x.weight.store(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        for _ in 0..6 {
+            assert!(w.pick(&s, &req(b"/"), Exclude(0)).is_some());
+        }
+    }
 
     #[test]
     fn thesis_cycle_aababcabc() {
