@@ -26,7 +26,7 @@ pub enum ConfigError {
     Field { field: String, msg: String },
 }
 
-fn field_err(field: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+pub(crate) fn field_err(field: impl Into<String>, msg: impl Into<String>) -> ConfigError {
     ConfigError::Field {
         field: field.into(),
         msg: msg.into(),
@@ -81,6 +81,12 @@ pub struct RawService {
     pub lblc: RawLblc,
     #[serde(default)]
     pub server: Vec<RawServer>,
+    /// "proxy" (default) or "cache" (cache-cluster front, `crate::cache`).
+    pub mode: Option<String>,
+    /// Content Location Service client (`crate::cls`).
+    pub cls: Option<crate::cls::RawCls>,
+    /// Cache-mode settings (`crate::cache`).
+    pub cache: Option<crate::cache::RawCache>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,6 +157,10 @@ pub struct ServiceConfig {
     pub lblc_max_entries: usize,
     pub lblc_expire: Duration,
     pub servers: Vec<ServerConfig>,
+    /// Ask this CLS where requests go (`crate::cls`).
+    pub cls: Option<crate::cls::ClsConfig>,
+    /// Set in cache mode (`crate::cache`).
+    pub cache: Option<crate::cache::CacheConfig>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -214,7 +224,11 @@ fn ms(v: Option<u64>, default: u64) -> Duration {
     Duration::from_millis(v.unwrap_or(default))
 }
 
-fn positive_ms(field: &str, v: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
+pub(crate) fn positive_ms(
+    field: &str,
+    v: Option<u64>,
+    default: u64,
+) -> Result<Duration, ConfigError> {
     let d = ms(v, default);
     if d.is_zero() {
         return Err(field_err(field, "must be greater than 0"));
@@ -414,6 +428,11 @@ impl RawConfig {
             if lblc_max_entries == 0 {
                 return Err(field_err(f("lblc.max_entries"), "must be greater than 0"));
             }
+            let cls = match s.cls {
+                Some(c) => Some(c.check(&f("cls"), &servers)?),
+                None => None,
+            };
+            let cache = crate::cache::check_mode(&f(""), s.mode.as_deref(), s.cache)?;
             services.push(ServiceConfig {
                 name,
                 listen,
@@ -423,6 +442,8 @@ impl RawConfig {
                 lblc_max_entries,
                 lblc_expire: Duration::from_secs(s.lblc.expire_s.unwrap_or(360).max(1)),
                 servers,
+                cls,
+                cache,
             });
         }
         Ok(Config {
