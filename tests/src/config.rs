@@ -45,6 +45,11 @@ pub struct Service {
     pub connect_timeout_ms: u64,
     pub response_timeout_ms: u64,
     pub servers: Vec<Server>,
+    /// Extra TOML appended after the service's server list (sub-tables
+    /// such as `[service.cls]`, `[service.cache]`).
+    pub extra: String,
+    /// Extra `key = value` lines of the `[[service]]` table itself.
+    pub keys: String,
 }
 
 /// The whole configuration file.
@@ -82,6 +87,8 @@ impl Config {
                 connect_timeout_ms: 2000,
                 response_timeout_ms: 30_000,
                 servers,
+                extra: String::new(),
+                keys: String::new(),
             }],
         }
     }
@@ -105,8 +112,8 @@ impl Config {
             let listen = svc.listen.unwrap_or(fallback_listen);
             let _ = writeln!(
                 s,
-                "[[service]]\nname = \"{}\"\nlisten = \"{}\"\nscheduler = \"{}\"\n",
-                svc.name, listen, svc.scheduler
+                "[[service]]\nname = \"{}\"\nlisten = \"{}\"\nscheduler = \"{}\"\n{}",
+                svc.name, listen, svc.scheduler, svc.keys
             );
             let _ = writeln!(
                 s,
@@ -125,6 +132,7 @@ impl Config {
                     srv.address, srv.weight, srv.low, srv.high
                 );
             }
+            let _ = writeln!(s, "{}", svc.extra);
         }
         s
     }
