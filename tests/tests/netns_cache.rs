@@ -8,9 +8,10 @@
 //! ```
 //!
 //! The client asks the origin (10.77.4.2:80) directly; the front's nftables
-//! REDIRECT hands the connection to ktcpvs (`mode = "cache"`,
-//! `transparent = "redirect"`), which reads the original destination with
-//! SO_ORIGINAL_DST, asks the CLS which cache holds each object, and sends
+//! REDIRECT (or TPROXY, second test) hands the connection to ktcpvs
+//! (`mode = "cache"`, `transparent = "redirect"` / `"tproxy"`), which reads
+//! the original destination with SO_ORIGINAL_DST (or, TPROXY, the accepted
+//! socket's local address on its IP_TRANSPARENT listener), asks the CLS which cache holds each object, and sends
 //! non-cacheable requests straight to the origin. The front also routes
 //! (caches → origin). Skipped, with a message, only when not root or
 //! without `ip netns` / `nft` / `nginx`.
@@ -106,7 +107,7 @@ impl Lab {
         self.children.push((name.to_string(), child));
     }
 
-    fn build() -> Lab {
+    fn build(mode: &str) -> Lab {
         let prefix = format!(
             "kc{}x{}",
             std::process::id() % 100_000,
@@ -169,7 +170,28 @@ impl Lab {
         }
         lab.exec("fr", &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         // Connections from the client to port 80 anywhere go to ktcpvs.
-        let rules = "table ip kc {\n chain pre {\n  type nat hook prerouting priority dstnat;\n  iifname \"fcl\" tcp dport 80 redirect to :3128\n }\n}\n";
+        let rules = if mode == "redirect" {
+            "table ip kc {\n chain pre {\n  type nat hook prerouting priority dstnat;\n  iifname \"fcl\" tcp dport 80 redirect to :3128\n }\n}\n"
+        } else {
+            // TPROXY: marked packets are delivered locally (policy route)
+            // to the IP_TRANSPARENT listener, addresses unchanged.
+            lab.exec("fr", &["ip", "rule", "add", "fwmark", "1", "lookup", "100"]);
+            lab.exec(
+                "fr",
+                &[
+                    "ip",
+                    "route",
+                    "add",
+                    "local",
+                    "0.0.0.0/0",
+                    "dev",
+                    "lo",
+                    "table",
+                    "100",
+                ],
+            );
+            "table ip kc {\n chain pre {\n  type filter hook prerouting priority mangle;\n  iifname \"fcl\" tcp dport 80 tproxy to :3128 meta mark set 1 accept\n }\n}\n"
+        };
         let rf = lab.dir.join("rules.nft");
         std::fs::write(&rf, rules).expect("rules");
         lab.exec("fr", &["nft", "-f", rf.to_str().expect("path")]);
@@ -271,12 +293,21 @@ fn origin_log(dir: &Path) -> Vec<(String, String)> {
 }
 
 #[test]
-fn transparent_front_with_real_caches_in_namespaces() {
+fn transparent_redirect_front_with_real_caches_in_namespaces() {
+    run_lab("redirect");
+}
+
+#[test]
+fn transparent_tproxy_front_with_real_caches_in_namespaces() {
+    run_lab("tproxy");
+}
+
+fn run_lab(mode: &str) {
     if let Some(why) = skip_reason() {
         eprintln!("SKIPPED: {why}");
         return;
     }
-    let mut lab = Lab::build();
+    let mut lab = Lab::build(mode);
     // The origin: static files, logged as "$remote_addr $request_uri".
     let www = lab.dir.join("origin").join("www");
     std::fs::create_dir_all(&www).expect("www");
@@ -330,7 +361,7 @@ fn transparent_front_with_real_caches_in_namespaces() {
         format!(
             "[global]\nworkers = 2\n[[service]]\nname = \"front\"\nlisten = \"0.0.0.0:3128\"\nscheduler = \"rr\"\n\
              mode = \"cache\"\n[[service.server]]\naddress = \"{}:80\"\n[[service.server]]\naddress = \"{}:80\"\n\
-             [service.cls]\naddress = \"127.0.0.1:7070\"\ntimeout_ms = 100\n[service.cache]\ntransparent = \"redirect\"\n",
+             [service.cls]\naddress = \"127.0.0.1:7070\"\ntimeout_ms = 100\n[service.cache]\ntransparent = \"{mode}\"\n",
             CACHES[0], CACHES[1]
         ),
     )
