@@ -444,7 +444,7 @@ fn run_lab(mode: &str) {
     // Non-cacheable: straight to the origin (its address from
     // SO_ORIGINAL_DST; the Host header names no known origin), no cache.
     let r = in_ns(&cl, move || {
-        let req = format!("GET /obj1.html?fresh=1 HTTP/1.1\r\nHost: www.example.invalid\r\nConnection: close\r\n\r\n");
+        let req = "GET /obj1.html?fresh=1 HTTP/1.1\r\nHost: www.example.invalid\r\nConnection: close\r\n\r\n";
         let a = fetch(origin, req.as_bytes()).expect("query request");
         let req = format!(
             "GET /obj2.html HTTP/1.1\r\nHost: {ORIGIN}\r\nCookie: s=1\r\nConnection: close\r\n\r\n"
