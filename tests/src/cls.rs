@@ -107,6 +107,14 @@ impl ClsServer {
         }
     }
 
+    /// Sends `sig` to the process (e.g. SIGSTOP to make the CLS hang).
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as libc::pid_t, sig) };
+        }
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.join("cls-stderr.log")).unwrap_or_default()
     }

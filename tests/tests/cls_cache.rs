@@ -285,3 +285,28 @@ fn cls_killed_under_load_fails_no_request() {
     // After the restart the workers reconnected and place through the CLS again.
     wait_placing(addr);
 }
+
+#[test]
+fn hung_cls_costs_only_the_lookup_timeout() {
+    // A stopped CLS keeps its connections open but never answers: every
+    // lookup times out (timeout_ms = 50) and the worker decides locally.
+    let caches = caches();
+    let origin = Origin::start("origin");
+    let cls = ClsServer::start(&cls_body(
+        "cache",
+        &tests::addrs(&caches),
+        "probe = \"none\"",
+    ));
+    let k = cache_switch(&caches, cls.addr(), &origin);
+    wait_placing(k.addr());
+    cls.signal(libc::SIGSTOP);
+    for t in 0..20 {
+        let r = get(k.addr(), &format!("/hung/{t}.html"), "");
+        assert_eq!(r.status, 200, "/hung/{t}.html");
+        assert!(r.origin().starts_with('c'), "went to {}", r.origin());
+    }
+    cls.signal(libc::SIGCONT);
+    // Back to placing through the CLS once it answers again (the client
+    // dropped the hung connection and reconnected).
+    wait_placing(k.addr());
+}
