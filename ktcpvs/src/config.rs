@@ -85,6 +85,12 @@ pub struct RawService {
     pub feedback: crate::feedback::RawFeedback,
     #[serde(default)]
     pub server: Vec<RawServer>,
+    /// "proxy" (default) or "cache" (cache-cluster front, `crate::cache`).
+    pub mode: Option<String>,
+    /// Content Location Service client (`crate::cls`).
+    pub cls: Option<crate::cls::RawCls>,
+    /// Cache-mode settings (`crate::cache`).
+    pub cache: Option<crate::cache::RawCache>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,6 +165,10 @@ pub struct ServiceConfig {
     pub health: crate::health::HealthConfig,
     pub feedback: crate::feedback::FeedbackConfig,
     pub servers: Vec<ServerConfig>,
+    /// Ask this CLS where requests go (`crate::cls`).
+    pub cls: Option<crate::cls::ClsConfig>,
+    /// Set in cache mode (`crate::cache`).
+    pub cache: Option<crate::cache::CacheConfig>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -223,7 +233,11 @@ fn ms(v: Option<u64>, default: u64) -> Duration {
     Duration::from_millis(v.unwrap_or(default))
 }
 
-fn positive_ms(field: &str, v: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
+pub(crate) fn positive_ms(
+    field: &str,
+    v: Option<u64>,
+    default: u64,
+) -> Result<Duration, ConfigError> {
     let d = ms(v, default);
     if d.is_zero() {
         return Err(field_err(field, "must be greater than 0"));
@@ -432,6 +446,11 @@ impl RawConfig {
             if lblc_max_entries == 0 {
                 return Err(field_err(f("lblc.max_entries"), "must be greater than 0"));
             }
+            let cls = match s.cls {
+                Some(c) => Some(c.check(&f("cls"), &servers)?),
+                None => None,
+            };
+            let cache = crate::cache::check_mode(&f(""), s.mode.as_deref(), s.cache)?;
             services.push(ServiceConfig {
                 name,
                 listen,
@@ -443,6 +462,8 @@ impl RawConfig {
                 health,
                 feedback,
                 servers,
+                cls,
+                cache,
             });
         }
         Ok(Config {

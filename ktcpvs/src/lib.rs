@@ -5,6 +5,8 @@
 //! the same function in-process. See ARCHITECTURE.md for the life of a
 //! request through these modules.
 
+pub mod cache;
+pub mod cls;
 pub mod config;
 pub mod conn;
 pub mod feedback;
@@ -87,8 +89,12 @@ pub fn check_io_uring() -> Result<(), StartError> {
         .map_err(StartError::NoIoUring)
 }
 
-fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+fn bind_reuseport(addr: SocketAddr, transparent: bool) -> std::io::Result<std::net::TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if transparent {
+        // TPROXY cache front: accept connections addressed to any IP.
+        s.set_ip_transparent(true)?;
+    }
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     s.set_nodelay(true)?;
@@ -125,7 +131,11 @@ pub fn start(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<Running, St
     for s in &cfg.services {
         let mut addr = s.listen;
         for (wid, lists) in per_worker.iter_mut().enumerate() {
-            let l = bind_reuseport(addr).map_err(|source| StartError::Listen {
+            let tproxy = s
+                .cache
+                .as_ref()
+                .is_some_and(|c| c.transparent == cache::Transparent::Tproxy);
+            let l = bind_reuseport(addr, tproxy).map_err(|source| StartError::Listen {
                 service: s.name.clone(),
                 addr,
                 source,

@@ -50,6 +50,11 @@ counters! {
     pool_idle: "Idle pooled real-server connections.",
     spliced_bytes_total: "Body bytes moved with splice(2).",
     copied_bytes_total: "Body bytes moved through user-space buffers.",
+    cls_placed_total: "Requests sent where the CLS placed them.",
+    cls_local_total: "Requests the worker placed itself (CLS down, slow, NONE or unusable answer).",
+    cls_origin_total: "Cacheable requests the CLS sent to the origin (ORIGIN).",
+    cache_bypass_total: "Non-cacheable requests (cache mode) sent to the origin.",
+    origin_requests_total: "Requests forwarded to an origin server (cache mode).",
 }
 
 /// What the metrics endpoint reads.

@@ -29,7 +29,7 @@ const SERVER_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How an exchange failed; decides retry, error reply and what to close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fail {
+pub(crate) enum Fail {
     /// The server connection failed before any byte of a response arrived.
     BeforeResponse,
     /// The server answered garbage or broke off after responding began.
@@ -42,9 +42,9 @@ enum Fail {
     Client,
 }
 
-struct Done {
+pub(crate) struct Done {
     server_reusable: bool,
-    keep_client: bool,
+    pub(crate) keep_client: bool,
 }
 
 /// Counts a request's cost on its server while the exchange runs.
@@ -86,8 +86,26 @@ pub async fn exchange(
     let mut exclude = Exclude(0);
     let mut force_fresh = false;
     let mut retried = false;
+    // Cache mode / CLS (crate::cache, crate::cls): maybe a placement for
+    // the first attempt, or the origin.
+    let mut placed = None;
+    if s.cfg.cache.is_some() || s.cls.is_some() {
+        match crate::cache::route(w, s, client, &bufs.cb, head).await {
+            crate::cache::Route::Sched => {}
+            crate::cache::Route::Server(i) => placed = Some(i),
+            crate::cache::Route::Origin(a) => {
+                return crate::cache::exchange_origin(w, s, client, bufs, head, view, a).await
+            }
+            crate::cache::Route::NoOrigin => {
+                reply_error(w, client, 502).await;
+                return false;
+            }
+        }
+    }
     loop {
-        let picked = {
+        let picked = if let Some(i) = placed.take().filter(|&i| !exclude.has(i)) {
+            Some(i)
+        } else {
             let req = Request {
                 target: &bufs.cb[head.target.0..head.target.1],
                 target_hash: hash,
@@ -113,7 +131,14 @@ pub async fn exchange(
                 w.stats.pool_reused_total.fetch_add(1, Relaxed);
                 c
             }
-            None => match connect(server.addr, s.cfg.pool.connect_timeout).await {
+            None => match connect(
+                s.cls
+                    .as_ref()
+                    .map_or(server.addr, |c| c.connect_addr(i, server.addr)),
+                s.cfg.pool.connect_timeout,
+            )
+            .await
+            {
                 Ok(c) => {
                     w.stats.pool_new_total.fetch_add(1, Relaxed);
                     Rc::new(c)
@@ -133,6 +158,7 @@ pub async fn exchange(
             // Dynamic feedback's INPUT indicator.
             server.health.picks.fetch_add(1, Relaxed);
         }
+        let _cls_load = s.cls.as_ref().map(|c| c.track(i, head.cost()));
         w.stats.requests_total.fetch_add(1, Relaxed);
         let r = forward(w, s, client, &conn, bufs, head, view).await;
         if reused && r.as_ref().err() == Some(&Fail::BeforeResponse) {
@@ -166,27 +192,32 @@ pub async fn exchange(
             }
             Err(f) => {
                 let _ = conn.shutdown(std::net::Shutdown::Both);
-                match f {
-                    Fail::Client => {
-                        w.stats.client_errors_total.fetch_add(1, Relaxed);
-                        let _ = client.shutdown(std::net::Shutdown::Both);
-                    }
-                    Fail::BeforeResponse | Fail::BadResponse => reply_error(w, client, 502).await,
-                    Fail::Timeout => reply_error(w, client, 504).await,
-                    Fail::Server => {
-                        // The client may already have part of the response:
-                        // closing is the only honest signal left.
-                        w.stats.server_errors_total.fetch_add(1, Relaxed);
-                        let _ = client.shutdown(std::net::Shutdown::Both);
-                    }
-                }
+                fail_client(w, client, f).await;
                 return false;
             }
         }
     }
 }
 
-async fn connect(addr: std::net::SocketAddr, limit: Duration) -> io::Result<TcpStream> {
+/// Tells the client (or closes on it) after a failed exchange.
+pub(crate) async fn fail_client(w: &Rc<Worker>, client: &Rc<TcpStream>, f: Fail) {
+    match f {
+        Fail::Client => {
+            w.stats.client_errors_total.fetch_add(1, Relaxed);
+            let _ = client.shutdown(std::net::Shutdown::Both);
+        }
+        Fail::BeforeResponse | Fail::BadResponse => reply_error(w, client, 502).await,
+        Fail::Timeout => reply_error(w, client, 504).await,
+        Fail::Server => {
+            // The client may already have part of the response:
+            // closing is the only honest signal left.
+            w.stats.server_errors_total.fetch_add(1, Relaxed);
+            let _ = client.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+pub(crate) async fn connect(addr: std::net::SocketAddr, limit: Duration) -> io::Result<TcpStream> {
     let c = tokio::time::timeout(limit, TcpStream::connect(addr))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
@@ -195,7 +226,7 @@ async fn connect(addr: std::net::SocketAddr, limit: Duration) -> io::Result<TcpS
 }
 
 /// Sends the request and relays the response on one server connection.
-async fn forward(
+pub(crate) async fn forward(
     w: &Rc<Worker>,
     s: &ServiceRt,
     client: &Rc<TcpStream>,

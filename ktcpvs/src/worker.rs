@@ -32,6 +32,8 @@ pub struct ServiceRt {
     pub pool: RefCell<Pool>,
     /// Host header for HTTP/1.0 requests that carry none.
     pub default_host: Vec<u8>,
+    /// This worker's CLS client for the service (`[service.cls]`).
+    pub cls: Option<Rc<crate::cls::ClsRt>>,
 }
 
 /// State shared by all services of one service, across workers.
@@ -137,6 +139,11 @@ pub fn run_worker(
         let services = shared
             .into_iter()
             .map(|s| ServiceRt {
+                cls: s
+                    .cfg
+                    .cls
+                    .as_ref()
+                    .map(|c| crate::cls::ClsRt::start(c, id, &s.servers, shutdown.clone())),
                 sched: RefCell::new(s.cfg.scheduler.build(&s.table)),
                 pool: RefCell::new(Pool::new(
                     s.servers.len(),

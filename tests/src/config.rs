@@ -47,10 +47,12 @@ pub struct Service {
     pub idle_timeout_ms: u64,
     pub connect_timeout_ms: u64,
     pub response_timeout_ms: u64,
-    /// Extra TOML tables of the service (e.g. `[service.health]`), written
-    /// before its servers.
+    /// Extra TOML tables of the service (e.g. `[service.health]`,
+    /// `[service.cls]`, `[service.cache]`), written before its servers.
     pub extra: String,
     pub servers: Vec<Server>,
+    /// Extra `key = value` lines of the `[[service]]` table itself.
+    pub keys: String,
 }
 
 /// The whole configuration file.
@@ -92,6 +94,7 @@ impl Config {
                 response_timeout_ms: 30_000,
                 extra: String::new(),
                 servers,
+                keys: String::new(),
             }],
         }
     }
@@ -119,8 +122,8 @@ impl Config {
             let listen = svc.listen.unwrap_or(fallback_listen);
             let _ = writeln!(
                 s,
-                "[[service]]\nname = \"{}\"\nlisten = \"{}\"\nscheduler = \"{}\"\n",
-                svc.name, listen, svc.scheduler
+                "[[service]]\nname = \"{}\"\nlisten = \"{}\"\nscheduler = \"{}\"\n{}",
+                svc.name, listen, svc.scheduler, svc.keys
             );
             let _ = writeln!(
                 s,

@@ -19,6 +19,7 @@
 //! Every wait is bounded; every address is `127.0.0.1`.
 
 pub mod client;
+pub mod cls;
 pub mod config;
 pub mod origin;
 pub mod pattern;
@@ -27,6 +28,7 @@ pub mod raw_origin;
 pub mod switch;
 
 pub use client::{fetch, Framing, RawClient, ReadError, Response};
+pub use cls::{cls_server_bin, ClsServer};
 pub use config::{Config, Server, Service};
 pub use origin::{Origin, SeenRequest};
 pub use pattern::{md5_hex, pattern, pattern_md5};
