@@ -55,6 +55,9 @@ pub struct Config {
     pub client_header_timeout_ms: u64,
     pub client_idle_timeout_ms: u64,
     pub services: Vec<Service>,
+    /// `global.admin_socket`; [`crate::Ktcpvs::start`] puts one in the
+    /// test's scratch directory when unset.
+    pub admin_socket: Option<String>,
 }
 
 impl Config {
@@ -70,6 +73,7 @@ impl Config {
             max_header_bytes: 16384,
             client_header_timeout_ms: 10_000,
             client_idle_timeout_ms: 60_000,
+            admin_socket: None,
             services: vec![Service {
                 name: "web".into(),
                 listen: None,
@@ -95,7 +99,11 @@ impl Config {
     /// `fallback_listen`.
     pub fn to_toml(&self, fallback_listen: SocketAddr) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "[global]\nworkers = {}\n", self.workers);
+        let _ = writeln!(s, "[global]\nworkers = {}", self.workers);
+        if let Some(p) = &self.admin_socket {
+            let _ = writeln!(s, "admin_socket = \"{p}\"");
+        }
+        s.push('\n');
         let _ = writeln!(
             s,
             "[limits]\nmax_header_bytes = {}\nclient_header_timeout_ms = {}\nclient_idle_timeout_ms = {}\n",
