@@ -494,6 +494,9 @@ mod tests {
         assert_eq!(c.services[0].servers[0].high, 60);
         assert_eq!(c.limits.max_header_bytes, 16384);
         assert!(c.workers >= 1);
+        assert_eq!(c.admin_socket, AdminSocket::Default);
+        let c = Config::from_toml(&format!("[global]\nadmin_socket = \"\"\n{GOOD}")).unwrap();
+        assert_eq!(c.admin_socket, AdminSocket::Disabled);
     }
 
     fn err(text: &str) -> String {
@@ -512,6 +515,10 @@ mod tests {
         );
         assert!(err("[global]\nworkers = 5000\n").starts_with("global.workers:"));
         assert!(err("").starts_with("service:"));
+        assert!(
+            err(&format!("[global]\nadmin_socket = \"rel.sock\"\n{GOOD}"))
+                .starts_with("global.admin_socket:")
+        );
         assert!(err(&format!("{GOOD}\n[limits]\nmax_header_bytes = 10\n"))
             .starts_with("limits.max_header_bytes:"));
         // unknown keys are refused too, with their name
