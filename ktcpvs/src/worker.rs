@@ -242,8 +242,10 @@ pub fn run_worker(
             bufs: RefCell::new(Vec::new()),
             pipes: RefCell::new(Vec::new()),
         });
+        // Subscribed before the first refresh: no change can fall between.
+        let changes = w.rt.subscribe();
         w.refresh();
-        tokio_uring::spawn(follow_changes(w.clone()));
+        tokio_uring::spawn(follow_changes(w.clone(), changes));
         tokio_uring::spawn(housekeeping(w.clone()));
         let mut sd = w.shutdown.clone();
         while !*sd.borrow_and_update() {
@@ -273,8 +275,7 @@ pub fn run_worker(
 
 /// Applies published changes as soon as they happen (requests would find
 /// them too, but an idle worker must start accepting on a new service).
-async fn follow_changes(w: Rc<Worker>) {
-    let mut changes = w.rt.subscribe();
+async fn follow_changes(w: Rc<Worker>, mut changes: watch::Receiver<u64>) {
     let mut sd = w.shutdown.clone();
     loop {
         tokio::select! {

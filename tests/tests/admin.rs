@@ -388,7 +388,15 @@ fn reload_applies_a_valid_file_and_refuses_an_invalid_one() {
 fn list_stats_shows_counters_and_zero_clears_them() {
     let os = origins(2);
     let k = Ktcpvs::start(&Config::new("rr", &addrs(&os)));
-    // From zero (the harness's readiness probe was a connection too).
+    // From zero: the harness's readiness probe is a connection too, which
+    // the switch may accept a little later; let it, then zero.
+    assert!(
+        wait_until(WAIT, || k
+            .adm(&["-L", "--json"])
+            .contains("\"connections\":1,")),
+        "the readiness probe was never counted: {}",
+        k.adm(&["-L", "--json"])
+    );
     k.adm(&["-Z"]);
     let mut c = k.client();
     for _ in 0..10 {
