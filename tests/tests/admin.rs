@@ -100,9 +100,9 @@ impl Load {
     }
 
     /// Stops the clients; asserts that no request failed.
-    fn finish(self) -> u64 {
+    fn finish(mut self) -> u64 {
         self.stop.store(true, Relaxed);
-        for t in self.threads {
+        for t in std::mem::take(&mut self.threads) {
             t.join().expect("load thread");
         }
         let total = self.done.iter().map(|d| d.load(Relaxed)).sum();
@@ -114,6 +114,13 @@ impl Load {
             &f[..f.len().min(10)]
         );
         total
+    }
+}
+
+impl Drop for Load {
+    /// A failing test stops its clients too.
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
     }
 }
 
@@ -136,6 +143,7 @@ fn added_server_receives_requests_and_nothing_fails() {
     let load = Load::start(k.addr(), 4, "/add");
     load.each_more(20);
     assert_eq!(os[1].requests_to("/add"), 0);
+    let o1_conns = os[0].connections();
     let out = k.adm(&[
         "-a",
         "-t",
@@ -150,6 +158,13 @@ fn added_server_receives_requests_and_nothing_fails() {
     load.each_more(5);
     let g = growth(&load, &os, "/add", 50);
     assert!(g[0] > 0 && g[1] > 0, "rr over both servers after -a: {g:?}");
+    // o1's pooled keep-alive connections survived the change (it now has
+    // less work in parallel, so it needed no new one).
+    assert_eq!(
+        os[0].connections(),
+        o1_conns,
+        "connections to o1 were reopened"
+    );
     let total = load.finish();
     assert!(total > 0);
 }
