@@ -25,13 +25,9 @@ use crate::sched::SchedulerKind;
 const MAX_LINE: u64 = 4096;
 
 /// Binds `path` (replacing a stale socket, refusing if another switch
-/// answers on it) and serves it until `stop`; the socket file is removed
-/// on the way out.
-pub fn serve(
-    path: &Path,
-    rt: Arc<Runtime>,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
+/// answers on it), mode 0600. Bound before the services' listeners, so
+/// that once the switch accepts, tcpvsadm can reach it.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(std::io::Error::new(
@@ -49,8 +45,23 @@ pub fn serve(
     }
     let l = UnixListener::bind(path)?;
     // Owner only; SO_PEERCRED below covers the moment before the chmod.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    l.set_nonblocking(true)?;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .and_then(|_| l.set_nonblocking(true))
+    {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(l)
+}
+
+/// Serves a socket from [`bind`] on a thread of its own until `stop`; the
+/// socket file is removed on the way out.
+pub fn serve(
+    l: UnixListener,
+    path: &Path,
+    rt: Arc<Runtime>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     let path: PathBuf = path.to_path_buf();
     std::thread::Builder::new()
         .name("ktcpvs-admin".into())

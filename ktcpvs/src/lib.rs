@@ -19,6 +19,7 @@ pub mod uring;
 pub mod worker;
 
 use std::net::SocketAddr;
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -93,16 +94,47 @@ pub fn start(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<Running, St
     check_io_uring()?;
     let cfg = Arc::new(cfg);
     let runtime = Runtime::new(cfg.clone());
+    // The admin socket first: once the services accept, tcpvsadm works.
+    let admin_path = match &cfg.admin_socket {
+        AdminSocket::Disabled => None,
+        AdminSocket::Default => Some((config::DEFAULT_ADMIN_SOCKET.into(), false)),
+        AdminSocket::Path(p) => Some((p.clone(), true)),
+    };
+    let admin_sock: Option<(std::path::PathBuf, UnixListener)> = match admin_path {
+        None => None,
+        Some((path, explicit)) => match admin::bind(&path) {
+            Ok(l) => Some((path, l)),
+            Err(source) if explicit => {
+                return Err(StartError::Admin {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "no admin socket (set global.admin_socket); tcpvsadm will not reach this switch");
+                None
+            }
+        },
+    };
+    let unlink_admin = |a: &Option<(std::path::PathBuf, UnixListener)>| {
+        if let Some((p, _)) = a {
+            let _ = std::fs::remove_file(p);
+        }
+    };
     // Bind every listener up front (one per worker and service) so that
     // errors surface here, before any thread starts. With port 0 the first
     // bind picks the port and the other workers join it.
-    let addrs = runtime
-        .start()
-        .map_err(|(service, addr, source)| StartError::Listen {
-            service,
-            addr,
-            source,
-        })?;
+    let addrs = match runtime.start() {
+        Ok(a) => a,
+        Err((service, addr, source)) => {
+            unlink_admin(&admin_sock);
+            return Err(StartError::Listen {
+                service,
+                addr,
+                source,
+            });
+        }
+    };
 
     let stats: Vec<Arc<WorkerStats>> = (0..cfg.workers).map(|_| Arc::default()).collect();
     let registry = Arc::new(Registry {
@@ -112,38 +144,25 @@ pub fn start(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<Running, St
     let metrics = match cfg.metrics {
         Some(addr) => {
             let stop = Arc::new(AtomicBool::new(false));
-            let h = metrics::serve(addr, registry.clone(), stop.clone())
-                .map_err(|source| StartError::Metrics { addr, source })?;
+            let h = metrics::serve(addr, registry.clone(), stop.clone()).map_err(|source| {
+                unlink_admin(&admin_sock);
+                StartError::Metrics { addr, source }
+            })?;
             info!(%addr, "metrics at http://{addr}/metrics");
             Some((stop, h))
         }
         None => None,
     };
-    let admin_path = match &cfg.admin_socket {
-        AdminSocket::Disabled => None,
-        AdminSocket::Default => Some((config::DEFAULT_ADMIN_SOCKET.into(), false)),
-        AdminSocket::Path(p) => Some((p.clone(), true)),
-    };
-    let admin = match admin_path {
+    let admin = match admin_sock {
         None => None,
-        Some((path, explicit)) => {
+        Some((path, l)) => {
             let stop = Arc::new(AtomicBool::new(false));
-            match admin::serve(&path, runtime.clone(), stop.clone()) {
-                Ok(h) => {
-                    info!(path = %path.display(), "admin socket (tcpvsadm) ready");
-                    Some((stop, h))
-                }
-                Err(source) if explicit => {
-                    return Err(StartError::Admin {
-                        path: path.display().to_string(),
-                        source,
-                    })
-                }
-                Err(e) => {
-                    warn!(path = %path.display(), error = %e, "no admin socket (set global.admin_socket); tcpvsadm will not reach this switch");
-                    None
-                }
-            }
+            let h = admin::serve(l, &path, runtime.clone(), stop.clone()).map_err(|e| {
+                let _ = std::fs::remove_file(&path);
+                StartError::Thread(e)
+            })?;
+            info!(path = %path.display(), "admin socket (tcpvsadm) ready");
+            Some((stop, h))
         }
     };
 
