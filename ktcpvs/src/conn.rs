@@ -55,7 +55,7 @@ async fn client_loop(
     bufs: &mut Bufs,
 ) {
     // The generation `s` is from; a runtime change is picked up between
-    // requests (one atomic load per request when nothing changed).
+    // requests (a relaxed atomic load when nothing changed).
     let mut seen = w.seen.get();
     let lim = &w.cfg.limits;
     let mut ipbuf = [0u8; 48];
