@@ -49,9 +49,10 @@ pub struct RawCls {
 pub struct ClsConfig {
     pub address: SocketAddr,
     pub node: Option<u16>,
-    /// Index of this node's own server in the service's list, and where to
-    /// reach it (co-located mode).
-    pub local: Option<(usize, SocketAddr)>,
+    /// This node's own server (its address in the service's list), and
+    /// where to reach it (co-located mode). By address, not index, so that
+    /// it survives runtime changes to the server list.
+    pub local: Option<(SocketAddr, SocketAddr)>,
     pub timeout: Duration,
     pub max_batch: usize,
     pub report_interval: Duration,
@@ -91,13 +92,13 @@ impl RawCls {
             }
             (Some(s), Some(a)) => {
                 let s = addr(&f("local_server"), &s)?;
-                let i = servers.iter().position(|r| r.address == s).ok_or_else(|| {
-                    field_err(
+                if !servers.iter().any(|r| r.address == s) {
+                    return Err(field_err(
                         f("local_server"),
                         format!("{s} is not one of this service's servers"),
-                    )
-                })?;
-                Some((i, addr(&f("local_address"), &a)?))
+                    ));
+                }
+                Some((s, addr(&f("local_address"), &a)?))
             }
         };
         let max_batch = self.max_batch.unwrap_or(256);
@@ -144,26 +145,49 @@ pub struct ClsRt {
 impl ClsRt {
     /// Starts the client and the load reporter on the current worker
     /// runtime (inside its `LocalSet`).
+    ///
+    /// `reuse`: the client of the previous version of the service on this
+    /// worker (runtime changes), kept if the CLS settings did not change,
+    /// so a server-list change does not reconnect to the CLS.
     pub fn start(
         cfg: &ClsConfig,
         worker: usize,
         servers: &crate::sched::ServerSet,
         shutdown: tokio::sync::watch::Receiver<bool>,
+        reuse: Option<(Rc<ClsClient>, ClsConfig)>,
     ) -> Rc<ClsRt> {
-        let mut cc = ClientConfig::new(cfg.address);
-        cc.distributor_id = worker as u32;
-        cc.node_id = cfg.node;
-        cc.timeout = cfg.timeout;
-        cc.max_batch = cfg.max_batch;
+        let client = match reuse {
+            Some((c, old))
+                if old.address == cfg.address
+                    && old.node == cfg.node
+                    && old.timeout == cfg.timeout
+                    && old.max_batch == cfg.max_batch =>
+            {
+                c
+            }
+            _ => {
+                let mut cc = ClientConfig::new(cfg.address);
+                cc.distributor_id = worker as u32;
+                cc.node_id = cfg.node;
+                cc.timeout = cfg.timeout;
+                cc.max_batch = cfg.max_batch;
+                ClsClient::connect(cc)
+            }
+        };
         let rt = Rc::new(ClsRt {
-            client: ClsClient::connect(cc),
+            client,
             cfg: cfg.clone(),
             map: RefCell::new(Vec::new()),
             map_epoch: Cell::new(0),
             inflight: (0..servers.len()).map(|_| Cell::new(0)).collect(),
         });
-        tokio::task::spawn_local(report_loop(rt.clone(), servers.clone(), shutdown));
+        tokio::task::spawn_local(report_loop(Rc::downgrade(&rt), servers.clone(), shutdown));
         rt
+    }
+
+    /// The client and the settings it was made with (see [`ClsRt::start`]).
+    pub fn client(&self) -> (Rc<ClsClient>, ClsConfig) {
+        (self.client.clone(), self.cfg.clone())
     }
 
     /// Rebuilds the id → index map if the client reconnected since.
@@ -221,11 +245,11 @@ impl ClsRt {
         }
     }
 
-    /// Where to connect for server `i` (the local server over loopback in
+    /// Where to connect for the server at `public` (the local server over loopback in
     /// co-located mode).
-    pub fn connect_addr(&self, i: usize, public: SocketAddr) -> SocketAddr {
+    pub fn connect_addr(&self, public: SocketAddr) -> SocketAddr {
         match self.cfg.local {
-            Some((l, a)) if l == i => a,
+            Some((l, a)) if l == public => a,
             _ => public,
         }
     }
@@ -255,17 +279,24 @@ impl Drop for Track<'_> {
 }
 
 /// Every `report_interval`: this worker's in-flight units per CLS server id.
+/// Ends when this version of the service is gone (runtime change).
 async fn report_loop(
-    rt: Rc<ClsRt>,
+    rt: std::rc::Weak<ClsRt>,
     servers: crate::sched::ServerSet,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut items: Vec<(u16, u32)> = Vec::with_capacity(servers.len());
+    let Some(interval) = rt.upgrade().map(|r| r.cfg.report_interval) else {
+        return;
+    };
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(rt.cfg.report_interval) => {}
+            _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
         }
+        let Some(rt) = rt.upgrade() else {
+            return;
+        };
         if !rt.client.is_connected() {
             continue;
         }
@@ -310,7 +341,13 @@ mod tests {
         .unwrap();
         let cls = c.services[0].cls.as_ref().unwrap();
         assert_eq!(cls.node, Some(1));
-        assert_eq!(cls.local, Some((1, "127.0.0.1:8081".parse().unwrap())));
+        assert_eq!(
+            cls.local,
+            Some((
+                "10.0.0.2:80".parse().unwrap(),
+                "127.0.0.1:8081".parse().unwrap()
+            ))
+        );
         assert_eq!(cls.timeout.as_millis(), 20);
         assert!(err("node = 1\n").starts_with("service[0].cls.address:"));
         assert!(err("address = \"x\"\n").starts_with("service[0].cls.address:"));

@@ -54,6 +54,7 @@ pub struct RawGlobal {
     pub log: Option<String>,
     pub shutdown_grace_ms: Option<u64>,
     pub splice_threshold: Option<u64>,
+    pub admin_socket: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,7 +142,27 @@ pub struct Config {
     pub splice_threshold: u64,
     pub limits: Limits,
     pub services: Vec<ServiceConfig>,
+    /// The tcpvsadm socket; see [`AdminSocket`].
+    pub admin_socket: AdminSocket,
+    /// The file this configuration was read from (what a reload re-reads).
+    pub source: Option<std::path::PathBuf>,
 }
+
+/// Where the admin socket (tcpvsadm) listens: `global.admin_socket`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminSocket {
+    /// Not set: [`DEFAULT_ADMIN_SOCKET`], and if it cannot be bound the
+    /// switch runs without one (with a warning).
+    Default,
+    /// Set to a path: failing to bind it is a start error.
+    Path(std::path::PathBuf),
+    /// Set to "": no admin socket.
+    Disabled,
+}
+
+/// The admin socket path used when `global.admin_socket` is not set (and
+/// tcpvsadm's default).
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/ktcpvs.sock";
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -208,7 +229,9 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::from_toml(&text)
+        let mut c = Config::from_toml(&text)?;
+        c.source = Some(path.to_path_buf());
+        Ok(c)
     }
 
     /// Parses and checks a configuration held in a string.
@@ -474,6 +497,18 @@ impl RawConfig {
             splice_threshold: g.splice_threshold.unwrap_or(DEFAULT_SPLICE_THRESHOLD),
             limits,
             services,
+            admin_socket: match g.admin_socket {
+                None => AdminSocket::Default,
+                Some(p) if p.is_empty() => AdminSocket::Disabled,
+                Some(p) if !p.starts_with('/') => {
+                    return Err(field_err(
+                        "global.admin_socket",
+                        "must be an absolute path (or \"\" to disable)",
+                    ))
+                }
+                Some(p) => AdminSocket::Path(p.into()),
+            },
+            source: None,
         })
     }
 }
@@ -500,6 +535,9 @@ mod tests {
         assert_eq!(c.services[0].servers[0].high, 60);
         assert_eq!(c.limits.max_header_bytes, 16384);
         assert!(c.workers >= 1);
+        assert_eq!(c.admin_socket, AdminSocket::Default);
+        let c = Config::from_toml(&format!("[global]\nadmin_socket = \"\"\n{GOOD}")).unwrap();
+        assert_eq!(c.admin_socket, AdminSocket::Disabled);
     }
 
     fn err(text: &str) -> String {
@@ -518,6 +556,10 @@ mod tests {
         );
         assert!(err("[global]\nworkers = 5000\n").starts_with("global.workers:"));
         assert!(err("").starts_with("service:"));
+        assert!(
+            err(&format!("[global]\nadmin_socket = \"rel.sock\"\n{GOOD}"))
+                .starts_with("global.admin_socket:")
+        );
         assert!(err(&format!("{GOOD}\n[limits]\nmax_header_bytes = 10\n"))
             .starts_with("limits.max_header_bytes:"));
         // unknown keys are refused too, with their name

@@ -14,7 +14,7 @@ use tracing::debug;
 
 use crate::http::request::{self, ForwardCtx};
 use crate::uring::{read_append, write_range};
-use crate::worker::{ip_text, Worker};
+use crate::worker::{ip_text, ServiceRt, Worker};
 
 /// The three buffers of a client connection, taken from the worker's pool.
 pub struct Bufs {
@@ -27,7 +27,7 @@ pub struct Bufs {
     pub out: Vec<u8>,
 }
 
-pub async fn serve_client(w: Rc<Worker>, svc: usize, stream: TcpStream, peer: SocketAddr) {
+pub async fn serve_client(w: Rc<Worker>, svc: Rc<ServiceRt>, stream: TcpStream, peer: SocketAddr) {
     w.active.set(w.active.get() + 1);
     let client = Rc::new(stream);
     let mut bufs = Bufs {
@@ -49,17 +49,20 @@ pub async fn serve_client(w: Rc<Worker>, svc: usize, stream: TcpStream, peer: So
 
 async fn client_loop(
     w: &Rc<Worker>,
-    svc: usize,
+    mut s: Rc<ServiceRt>,
     client: &Rc<TcpStream>,
     peer: SocketAddr,
     bufs: &mut Bufs,
 ) {
-    let s = &w.services[svc];
+    // The generation `s` is from; a runtime change is picked up between
+    // requests (a relaxed atomic load when nothing changed).
+    let mut seen = w.seen.get();
     let lim = &w.cfg.limits;
     let mut ipbuf = [0u8; 48];
     let peer_ip = ip_text(peer, &mut ipbuf);
     let mut sd = w.shutdown.clone();
     loop {
+        w.current(&mut s, &mut seen);
         // 1. A whole request head.
         let head = loop {
             if !bufs.cb.is_empty() {
@@ -116,8 +119,11 @@ async fn client_loop(
                 Err(_) => return,
             }
         };
-        // 2. Forward it and relay the answer.
-        if !crate::proxy::exchange(w, svc, client, bufs, &head).await || w.shutting_down() {
+        // 2. Forward it and relay the answer (scheduled on the newest
+        // version of the service: the connection may have been idle
+        // across a change).
+        w.current(&mut s, &mut seen);
+        if !crate::proxy::exchange(w, &s, client, bufs, &head).await || w.shutting_down() {
             return;
         }
     }

@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use crate::config::{field_err, ConfigError, ServerConfig};
-use crate::feedback::{self, FeedbackConfig};
+use crate::feedback;
 use crate::sched::{Server, ServerSet};
 
 /// `last_probe_us` before the first successful probe.
@@ -334,54 +334,60 @@ impl RawHealth {
 
 // ------------------------------------------------------------ probe thread
 
-/// What the probe thread watches for one service.
-pub struct Watched {
-    pub name: String,
-    pub health: HealthConfig,
-    pub feedback: FeedbackConfig,
-    pub servers: ServerSet,
-}
-
-/// Starts the probe thread if any service has active checks on; it stops
-/// when `shutdown` turns true (or its sender goes away).
+/// Starts the probe thread. It probes the servers of every service with
+/// active checks on, as published by the runtime: on every change
+/// (tcpvsadm, reload) its probe and feedback tasks are rebuilt from the new
+/// snapshot — the health state lives in each shared [`Server`], so nothing
+/// is lost. It stops when `shutdown` turns true (or its sender goes away).
 pub fn start(
-    watched: Vec<Watched>,
+    rt: Arc<crate::runtime::Runtime>,
     mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<Option<JoinHandle<()>>> {
-    let watched: Vec<Watched> = watched.into_iter().filter(|w| w.health.enabled).collect();
-    if watched.is_empty() {
-        return Ok(None);
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
+) -> std::io::Result<JoinHandle<()>> {
+    let tokio_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let h = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("ktcpvs-health".into())
         .spawn(move || {
-            rt.block_on(async move {
-                for w in watched {
-                    let name: Arc<str> = w.name.into();
-                    let cfg = Arc::new(w.health);
-                    for i in 0..w.servers.len() {
-                        tokio::spawn(probe_loop(name.clone(), cfg.clone(), w.servers.clone(), i));
+            tokio_rt.block_on(async move {
+                let mut changes = rt.subscribe();
+                let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+                loop {
+                    changes.borrow_and_update();
+                    for t in tasks.drain(..) {
+                        t.abort();
                     }
-                    if w.feedback.enabled {
-                        tokio::spawn(feedback::run(
-                            name.clone(),
-                            w.feedback,
-                            w.servers.clone(),
-                            cfg.timeout,
-                        ));
+                    for sh in &rt.snapshot().services {
+                        let c = &sh.cfg;
+                        if !c.health.enabled {
+                            continue;
+                        }
+                        let name: Arc<str> = c.name.as_str().into();
+                        let cfg = Arc::new(c.health.clone());
+                        for i in 0..sh.servers.len() {
+                            tasks.push(tokio::spawn(probe_loop(
+                                name.clone(),
+                                cfg.clone(),
+                                sh.servers.clone(),
+                                i,
+                            )));
+                        }
+                        if c.feedback.enabled {
+                            tasks.push(tokio::spawn(feedback::run(
+                                name.clone(),
+                                c.feedback.clone(),
+                                sh.servers.clone(),
+                                cfg.timeout,
+                            )));
+                        }
                     }
-                }
-                while !*shutdown.borrow_and_update() {
-                    if shutdown.changed().await.is_err() {
-                        break;
+                    tokio::select! {
+                        r = changes.changed() => if r.is_err() { break },
+                        _ = shutdown.wait_for(|&v| v) => break,
                     }
                 }
             });
-        })?;
-    Ok(Some(h))
+        })
 }
 
 /// The request bytes of an HTTP probe of `addr`.

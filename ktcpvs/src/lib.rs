@@ -5,6 +5,7 @@
 //! the same function in-process. See ARCHITECTURE.md for the life of a
 //! request through these modules.
 
+pub mod admin;
 pub mod cache;
 pub mod cls;
 pub mod config;
@@ -16,23 +17,24 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod quickstart;
+pub mod runtime;
 pub mod sched;
 pub mod uring;
 pub mod worker;
 
 use std::net::SocketAddr;
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
+use config::AdminSocket;
 pub use config::Config;
 use metrics::{Registry, WorkerStats};
-use sched::lblc::LocalityTable;
-use worker::SharedService;
+use runtime::Runtime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -49,6 +51,11 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot serve the admin socket {path} (global.admin_socket): {source}")]
+    Admin {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot start health-check thread: {0}")]
     Health(std::io::Error),
     #[error("cannot start worker thread: {0}")]
@@ -60,8 +67,11 @@ pub struct Running {
     /// The bound address of each service, in configuration order.
     pub addrs: Vec<SocketAddr>,
     pub registry: Arc<Registry>,
+    /// Services and servers as they are now; changes go through it.
+    pub runtime: Arc<Runtime>,
     workers: Vec<JoinHandle<()>>,
     metrics: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    admin: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     health: Option<JoinHandle<()>>,
 }
 
@@ -75,7 +85,7 @@ impl Running {
         if let Some(h) = self.health {
             let _ = h.join();
         }
-        if let Some((stop, h)) = self.metrics {
+        for (stop, h) in self.metrics.into_iter().chain(self.admin) {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = h.join();
         }
@@ -89,113 +99,95 @@ pub fn check_io_uring() -> Result<(), StartError> {
         .map_err(StartError::NoIoUring)
 }
 
-fn bind_reuseport(addr: SocketAddr, transparent: bool) -> std::io::Result<std::net::TcpListener> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if transparent {
-        // TPROXY cache front: accept connections addressed to any IP.
-        s.set_ip_transparent(true)?;
-    }
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    s.set_nodelay(true)?;
-    s.bind(&addr.into())?;
-    s.listen(4096)?;
-    Ok(s.into())
-}
-
 /// Starts the workers; the switch runs until `shutdown` turns true.
 pub fn start(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<Running, StartError> {
     check_io_uring()?;
     let cfg = Arc::new(cfg);
-    let shared: Vec<SharedService> = cfg
-        .services
-        .iter()
-        .map(|s| SharedService {
-            cfg: s.clone(),
-            servers: s
-                .servers
-                .iter()
-                .map(health::new_server)
-                .collect::<Vec<_>>()
-                .into(),
-            table: Arc::new(LocalityTable::new(s.lblc_max_entries)),
-        })
-        .collect();
-
-    // Bind every listener up front so that errors surface here, before
-    // any thread starts. With port 0 the first bind picks the port and the
-    // other workers join it.
-    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
-        (0..cfg.workers).map(|_| Vec::new()).collect();
-    let mut addrs = Vec::new();
-    for s in &cfg.services {
-        let mut addr = s.listen;
-        for (wid, lists) in per_worker.iter_mut().enumerate() {
-            let tproxy = s
-                .cache
-                .as_ref()
-                .is_some_and(|c| c.transparent == cache::Transparent::Tproxy);
-            let l = bind_reuseport(addr, tproxy).map_err(|source| StartError::Listen {
-                service: s.name.clone(),
+    let runtime = Runtime::new(cfg.clone());
+    // The admin socket first: once the services accept, tcpvsadm works.
+    let admin_path = match &cfg.admin_socket {
+        AdminSocket::Disabled => None,
+        AdminSocket::Default => Some((config::DEFAULT_ADMIN_SOCKET.into(), false)),
+        AdminSocket::Path(p) => Some((p.clone(), true)),
+    };
+    let admin_sock: Option<(std::path::PathBuf, UnixListener)> = match admin_path {
+        None => None,
+        Some((path, explicit)) => match admin::bind(&path) {
+            Ok(l) => Some((path, l)),
+            Err(source) if explicit => {
+                return Err(StartError::Admin {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "no admin socket (set global.admin_socket); tcpvsadm will not reach this switch");
+                None
+            }
+        },
+    };
+    let unlink_admin = |a: &Option<(std::path::PathBuf, UnixListener)>| {
+        if let Some((p, _)) = a {
+            let _ = std::fs::remove_file(p);
+        }
+    };
+    // Bind every listener up front (one per worker and service) so that
+    // errors surface here, before any thread starts. With port 0 the first
+    // bind picks the port and the other workers join it.
+    let addrs = match runtime.start() {
+        Ok(a) => a,
+        Err((service, addr, source)) => {
+            unlink_admin(&admin_sock);
+            return Err(StartError::Listen {
+                service,
                 addr,
                 source,
-            })?;
-            if wid == 0 {
-                addr = l.local_addr().map_err(|source| StartError::Listen {
-                    service: s.name.clone(),
-                    addr,
-                    source,
-                })?;
-            }
-            lists.push(l);
+            });
         }
-        addrs.push(addr);
-    }
+    };
 
     let stats: Vec<Arc<WorkerStats>> = (0..cfg.workers).map(|_| Arc::default()).collect();
     let registry = Arc::new(Registry {
         workers: stats.clone(),
-        services: shared
-            .iter()
-            .map(|s| (s.cfg.name.clone(), s.servers.clone(), s.table.clone()))
-            .collect(),
+        runtime: runtime.clone(),
     });
     let metrics = match cfg.metrics {
         Some(addr) => {
             let stop = Arc::new(AtomicBool::new(false));
-            let h = metrics::serve(addr, registry.clone(), stop.clone())
-                .map_err(|source| StartError::Metrics { addr, source })?;
+            let h = metrics::serve(addr, registry.clone(), stop.clone()).map_err(|source| {
+                unlink_admin(&admin_sock);
+                StartError::Metrics { addr, source }
+            })?;
             info!(%addr, "metrics at http://{addr}/metrics");
             Some((stop, h))
         }
         None => None,
     };
-
-    let health = health::start(
-        shared
-            .iter()
-            .map(|s| health::Watched {
-                name: s.cfg.name.clone(),
-                health: s.cfg.health.clone(),
-                feedback: s.cfg.feedback.clone(),
-                servers: s.servers.clone(),
-            })
-            .collect(),
-        shutdown.clone(),
-    )
-    .map_err(StartError::Health)?;
+    let admin = match admin_sock {
+        None => None,
+        Some((path, l)) => {
+            let stop = Arc::new(AtomicBool::new(false));
+            let h = admin::serve(l, &path, runtime.clone(), stop.clone()).map_err(|e| {
+                let _ = std::fs::remove_file(&path);
+                StartError::Thread(e)
+            })?;
+            info!(path = %path.display(), "admin socket (tcpvsadm) ready");
+            Some((stop, h))
+        }
+    };
+    let health = health::start(runtime.clone(), shutdown.clone()).map_err(StartError::Health)?;
 
     let mut workers = Vec::with_capacity(cfg.workers);
-    for (id, listeners) in per_worker.into_iter().enumerate() {
-        let (cfg, shared, stats, sd) = (
+    for id in 0..cfg.workers {
+        let (cfg, rt, stats, sd) = (
             cfg.clone(),
-            shared.clone(),
+            runtime.clone(),
             stats[id].clone(),
             shutdown.clone(),
         );
         let h = std::thread::Builder::new()
             .name(format!("ktcpvs-w{id}"))
-            .spawn(move || worker::run_worker(id, cfg, shared, listeners, stats, sd))
+            .spawn(move || worker::run_worker(id, cfg, rt, stats, sd))
             .map_err(StartError::Thread)?;
         workers.push(h);
     }
@@ -205,8 +197,10 @@ pub fn start(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<Running, St
     Ok(Running {
         addrs,
         registry,
+        runtime,
         workers,
         metrics,
-        health,
+        admin,
+        health: Some(health),
     })
 }

@@ -21,7 +21,9 @@ USAGE:
 
 The reference configuration, every field commented, is configs/ktcpvs.toml.
 RUST_LOG overrides the configured log filter. SIGTERM/SIGINT stop gracefully
-(a second signal stops at once).";
+(a second signal stops at once); SIGHUP re-reads the configuration file
+(refused, with the reason logged, if it is invalid). `tcpvsadm` changes
+services and servers at runtime through the admin socket.";
 
 enum Cmd {
     Run(PathBuf),
@@ -79,28 +81,45 @@ fn init_logs(default: &str) {
         .init();
 }
 
-/// Blocks SIGINT/SIGTERM in every thread (threads inherit the mask) and
-/// waits for them on a thread of its own.
-fn install_signals(tx: watch::Sender<bool>) -> anyhow::Result<()> {
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread and every thread
+/// started after (threads inherit the mask); [`wait_signals`] takes them.
+fn block_signals() -> anyhow::Result<libc::sigset_t> {
     // SAFETY: plain POSIX signal-mask calls on a local set.
-    let set = unsafe {
+    unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             bail!("cannot block signals");
         }
-        set
-    };
+        Ok(set)
+    }
+}
+
+/// Waits for the blocked signals on a thread of its own: SIGHUP reloads
+/// the configuration file, SIGINT/SIGTERM stop (a second one at once).
+fn wait_signals(
+    set: libc::sigset_t,
+    tx: watch::Sender<bool>,
+    rt: std::sync::Arc<ktcpvs::runtime::Runtime>,
+) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("ktcpvs-signals".into())
         .spawn(move || {
             let mut count = 0;
             loop {
                 let mut sig = 0;
-                // SAFETY: waits on the set built above.
+                // SAFETY: waits on the set built by block_signals.
                 if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                    continue;
+                }
+                if sig == libc::SIGHUP {
+                    // Logged by reload either way (a refusal with its reason).
+                    if let Ok(msg) = rt.reload() {
+                        tracing::info!("SIGHUP: {msg}");
+                    }
                     continue;
                 }
                 count += 1;
@@ -166,8 +185,9 @@ fn real_main() -> anyhow::Result<()> {
         }
     };
     let (tx, rx) = watch::channel(false);
-    install_signals(tx)?;
+    let set = block_signals()?;
     let running = ktcpvs::start(cfg, rx)?;
+    wait_signals(set, tx, running.runtime.clone())?;
     for a in &running.addrs {
         tracing::info!("try: curl -i http://{a}/");
     }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::sched::ServerSet;
+use crate::runtime::Runtime;
 
 macro_rules! counters {
     ($($name:ident : $help:literal),* $(,)?) => {
@@ -60,15 +60,23 @@ counters! {
 /// What the metrics endpoint reads.
 pub struct Registry {
     pub workers: Vec<Arc<WorkerStats>>,
-    pub services: Vec<(String, ServerSet, Arc<crate::sched::lblc::LocalityTable>)>,
+    /// The services as they are now (they change at runtime).
+    pub runtime: Arc<Runtime>,
 }
 
 impl Registry {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         WorkerStats::render_into(&self.workers, &mut out);
+        let snap = self.runtime.snapshot();
+        let services: Vec<_> = snap
+            .services
+            .iter()
+            .map(|s| (&s.cfg.name, &s.servers, &s.table))
+            .collect();
+        let _ = writeln!(out, "# HELP ktcpvs_config_generation Runtime configuration changes applied (tcpvsadm, reload).\n# TYPE ktcpvs_config_generation gauge\nktcpvs_config_generation {}", snap.generation);
         out.push_str("# HELP ktcpvs_server_inflight In-flight work per real server, in connection units.\n# TYPE ktcpvs_server_inflight gauge\n");
-        for (name, servers, _) in &self.services {
+        for (name, servers, _) in &services {
             for s in servers.iter() {
                 let _ = writeln!(
                     out,
@@ -79,7 +87,7 @@ impl Registry {
             }
         }
         out.push_str("# HELP ktcpvs_server_up Whether a real server is schedulable.\n# TYPE ktcpvs_server_up gauge\n");
-        for (name, servers, _) in &self.services {
+        for (name, servers, _) in &services {
             for s in servers.iter() {
                 let _ = writeln!(
                     out,
@@ -89,12 +97,9 @@ impl Registry {
                 );
             }
         }
-        crate::health::render_metrics(
-            &mut out,
-            self.services.iter().map(|(n, s, _)| (n.as_str(), s)),
-        );
+        crate::health::render_metrics(&mut out, services.iter().map(|(n, s, _)| (n.as_str(), *s)));
         out.push_str("# HELP ktcpvs_locality_entries Entries of the lblc locality table.\n# TYPE ktcpvs_locality_entries gauge\n");
-        for (name, _, t) in &self.services {
+        for (name, _, t) in &services {
             let _ = writeln!(
                 out,
                 "ktcpvs_locality_entries{{service=\"{name}\"}} {}",

@@ -4,6 +4,13 @@
 //! connections the server closed meanwhile), and the sweeper closes those
 //! idle longer than `idle_timeout`, which should be shorter than the
 //! servers' own keep-alive timeout.
+//!
+//! Stacks are keyed by the servers' stable ids (the index of the server
+//! in the service's current list is only a hint), so a runtime change
+//! ([`Pool::remap`]) keeps the idle connections of the servers that remain
+//! and closes those of deleted ones, and a connection coming back from an
+//! exchange that began on an older server list finds its stack (or is
+//! closed if its server is gone).
 
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -22,15 +29,20 @@ struct Idle {
 }
 
 pub struct Pool {
+    /// Server id of each stack.
+    ids: Vec<u64>,
     idle: Vec<Vec<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
 
 impl Pool {
-    pub fn new(servers: usize, max_idle: usize, idle_timeout: Duration) -> Pool {
+    /// A pool for the servers with these ids (in list order).
+    pub fn new(ids: &[u64], max_idle: usize, idle_timeout: Duration) -> Pool {
         Pool {
-            idle: (0..servers)
+            ids: ids.to_vec(),
+            idle: ids
+                .iter()
                 .map(|_| Vec::with_capacity(max_idle.min(1024)))
                 .collect(),
             max_idle,
@@ -38,10 +50,54 @@ impl Pool {
         }
     }
 
-    /// A live idle connection to server `i`, most recently used first.
-    /// Returns how many stale ones were discarded on the way, too.
-    pub fn get(&mut self, i: usize) -> (Option<Rc<TcpStream>>, u64) {
+    /// The stack of server `id`, `i` being its probable position.
+    #[inline]
+    fn slot(&self, i: usize, id: u64) -> Option<usize> {
+        if self.ids.get(i) == Some(&id) {
+            return Some(i);
+        }
+        self.ids.iter().position(|&x| x == id)
+    }
+
+    /// Follows a change of the server list: stacks of the servers that
+    /// remain move to their new positions, those of deleted servers are
+    /// closed, new servers get empty stacks. Limits may change too.
+    pub fn remap(&mut self, ids: &[u64], max_idle: usize, idle_timeout: Duration) {
+        let mut old_ids = std::mem::take(&mut self.ids);
+        let mut old = std::mem::take(&mut self.idle);
+        self.idle = ids
+            .iter()
+            .map(|id| match old_ids.iter().position(|x| x == id) {
+                Some(k) => {
+                    old_ids[k] = 0; // ids start at 1: never matches again
+                    std::mem::take(&mut old[k])
+                }
+                None => Vec::with_capacity(max_idle.min(1024)),
+            })
+            .collect();
+        self.ids = ids.to_vec();
+        self.max_idle = max_idle;
+        self.idle_timeout = idle_timeout;
+        for stack in &mut self.idle {
+            stack.truncate(max_idle);
+        }
+    }
+
+    /// No more connections are kept (the service was deleted); the idle
+    /// ones are closed now.
+    pub fn close(&mut self) {
+        self.max_idle = 0;
+        self.clear();
+    }
+
+    /// A live idle connection to server `id` (at position `i` of the
+    /// current list), most recently used first. Returns how many stale
+    /// ones were discarded on the way, too.
+    pub fn get(&mut self, i: usize, id: u64) -> (Option<Rc<TcpStream>>, u64) {
         let mut stale = 0;
+        let Some(i) = self.slot(i, id) else {
+            return (None, 0);
+        };
         let stack = &mut self.idle[i];
         while let Some(c) = stack.pop() {
             let idle = c.since.elapsed();
@@ -58,8 +114,13 @@ impl Pool {
         (None, stale)
     }
 
-    /// Returns a connection after a complete exchange.
-    pub fn put(&mut self, i: usize, conn: Rc<TcpStream>) {
+    /// Returns a connection to server `id` (position `i` in the list the
+    /// exchange used) after a complete exchange. Dropped (closed) if the
+    /// server was deleted meanwhile.
+    pub fn put(&mut self, i: usize, id: u64, conn: Rc<TcpStream>) {
+        let Some(i) = self.slot(i, id) else {
+            return;
+        };
         let stack = &mut self.idle[i];
         if stack.len() < self.max_idle && Rc::strong_count(&conn) == 1 {
             stack.push(Idle {

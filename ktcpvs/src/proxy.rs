@@ -53,6 +53,7 @@ struct LoadGuard<'a>(&'a Server, u32);
 impl<'a> LoadGuard<'a> {
     fn new(s: &'a Server, cost: u32) -> Self {
         s.conns.fetch_add(cost, Relaxed);
+        s.requests.fetch_add(1, Relaxed);
         LoadGuard(s, cost)
     }
 }
@@ -69,12 +70,11 @@ impl Drop for LoadGuard<'_> {
 /// whether the client connection stays open.
 pub async fn exchange(
     w: &Rc<Worker>,
-    svc: usize,
+    s: &ServiceRt,
     client: &Rc<TcpStream>,
     bufs: &mut Bufs,
     head: &RequestHead,
 ) -> bool {
-    let s = &w.services[svc];
     let hash = target_hash(&bufs.cb[head.target.0..head.target.1]);
     let view = ClientView {
         http10: head.http10,
@@ -110,7 +110,11 @@ pub async fn exchange(
                 target: &bufs.cb[head.target.0..head.target.1],
                 target_hash: hash,
             };
-            s.sched.borrow_mut().pick(&s.servers, &req, exclude)
+            if s.servers.is_empty() {
+                None // a service emptied at runtime (tcpvsadm -d)
+            } else {
+                s.sched.borrow_mut().pick(&s.servers, &req, exclude)
+            }
         };
         let Some(i) = picked else {
             let status = if exclude.0 == 0 { 503 } else { 502 };
@@ -121,7 +125,7 @@ pub async fn exchange(
         let pooled = if force_fresh {
             None
         } else {
-            let (c, stale) = s.pool.borrow_mut().get(i);
+            let (c, stale) = s.pool.borrow_mut().get(i, server.id);
             w.stats.pool_stale_total.fetch_add(stale, Relaxed);
             c
         };
@@ -134,7 +138,7 @@ pub async fn exchange(
             None => match connect(
                 s.cls
                     .as_ref()
-                    .map_or(server.addr, |c| c.connect_addr(i, server.addr)),
+                    .map_or(server.addr, |c| c.connect_addr(server.addr)),
                 s.cfg.pool.connect_timeout,
             )
             .await
@@ -172,7 +176,7 @@ pub async fn exchange(
                     bufs.cb.drain(..head.head_len);
                 }
                 if done.server_reusable && !w.shutting_down() {
-                    s.pool.borrow_mut().put(i, conn);
+                    s.pool.borrow_mut().put(i, server.id, conn);
                 }
                 return done.keep_client;
             }

@@ -4,7 +4,9 @@
 //! connections over the listeners). Everything a request touches is owned
 //! by the worker: connections, buffers, pipes, keep-alive pools, scheduler
 //! positions and counters. Shared state (server load, locality tables) is
-//! read through atomics and a sharded map.
+//! read through atomics and a sharded map. The services themselves can
+//! change at runtime (`runtime.rs`): the worker's view is rebuilt only when
+//! the published generation moves.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -19,35 +21,75 @@ use tracing::{debug, info, warn};
 use crate::config::{Config, ServiceConfig};
 use crate::metrics::WorkerStats;
 use crate::pool::Pool;
+use crate::runtime::{Runtime, ServiceShared};
 use crate::sched::lblc::LocalityTable;
 use crate::sched::{Scheduler, ServerSet};
 use crate::uring::Pipe;
 
-/// A service as one worker sees it.
+/// A service as one worker sees it: one version of a
+/// [`ServiceShared`] plus what the worker owns for it. A connection holds
+/// the `Rc` for the duration of a request and looks for a newer one
+/// between requests (see [`Worker::current`]).
 pub struct ServiceRt {
+    pub id: u64,
+    pub shared: Arc<ServiceShared>,
     pub cfg: ServiceConfig,
     pub servers: ServerSet,
     pub table: Arc<LocalityTable>,
     pub sched: RefCell<Box<dyn Scheduler>>,
-    pub pool: RefCell<Pool>,
+    /// Shared by every version of the service on this worker, keyed by
+    /// server id.
+    pub pool: Rc<RefCell<Pool>>,
     /// Host header for HTTP/1.0 requests that carry none.
     pub default_host: Vec<u8>,
     /// This worker's CLS client for the service (`[service.cls]`).
     pub cls: Option<Rc<crate::cls::ClsRt>>,
 }
 
-/// State shared by all services of one service, across workers.
-#[derive(Clone)]
-pub struct SharedService {
-    pub cfg: ServiceConfig,
-    pub servers: ServerSet,
-    pub table: Arc<LocalityTable>,
+impl ServiceRt {
+    /// This version of a service on worker `worker`; `old` is the previous
+    /// version on this worker, whose keep-alive pool and CLS connection
+    /// carry over.
+    fn build(worker: &Worker, sh: &Arc<ServiceShared>, old: Option<&ServiceRt>) -> ServiceRt {
+        let pool = old.map(|o| o.pool.clone());
+        let ids: Vec<u64> = sh.servers.iter().map(|s| s.id).collect();
+        let p = &sh.cfg.pool;
+        let pool = match pool {
+            Some(pool) => {
+                pool.borrow_mut()
+                    .remap(&ids, p.max_idle_per_server, p.idle_timeout);
+                pool
+            }
+            None => Rc::new(RefCell::new(Pool::new(
+                &ids,
+                p.max_idle_per_server,
+                p.idle_timeout,
+            ))),
+        };
+        ServiceRt {
+            id: sh.id,
+            shared: sh.clone(),
+            cfg: sh.cfg.clone(),
+            servers: sh.servers.clone(),
+            table: sh.table.clone(),
+            sched: RefCell::new(sh.cfg.scheduler.build(&sh.table)),
+            pool,
+            default_host: sh.cfg.listen.to_string().into_bytes(),
+            cls: sh.cfg.cls.as_ref().map(|c| {
+                let reuse = old.and_then(|o| o.cls.as_ref()).map(|o| o.client());
+                crate::cls::ClsRt::start(c, worker.id, &sh.servers, worker.shutdown.clone(), reuse)
+            }),
+        }
+    }
 }
 
 pub struct Worker {
     pub id: usize,
     pub cfg: Arc<Config>,
-    pub services: Vec<ServiceRt>,
+    pub rt: Arc<Runtime>,
+    /// This worker's view of the services, as of generation `seen`.
+    pub services: RefCell<Vec<Rc<ServiceRt>>>,
+    pub seen: Cell<u64>,
     pub stats: Arc<WorkerStats>,
     pub shutdown: watch::Receiver<bool>,
     /// Client connections open on this worker.
@@ -64,6 +106,69 @@ const MAX_POOLED_BUFS: usize = 4096;
 const PIPE_SIZE: u32 = 256 * 1024;
 
 impl Worker {
+    /// The newest version of service `id` on this worker, `None` if it
+    /// was deleted. Costs one relaxed atomic load when nothing changed.
+    #[inline]
+    pub fn service(self: &Rc<Self>, id: u64) -> Option<Rc<ServiceRt>> {
+        if self.rt.generation() != self.seen.get() {
+            self.refresh();
+        }
+        self.services.borrow().iter().find(|s| s.id == id).cloned()
+    }
+
+    /// For a connection between two requests: the newest version of its
+    /// service, or the one it has if the service was deleted (its open
+    /// connections finish on the last version). `seen` is the generation
+    /// the connection last looked at.
+    #[inline]
+    pub fn current(self: &Rc<Self>, s: &mut Rc<ServiceRt>, seen: &mut u64) {
+        if self.rt.generation() == *seen {
+            return;
+        }
+        if let Some(n) = self.service(s.id) {
+            *s = n;
+        }
+        *seen = self.seen.get();
+    }
+
+    /// Rebuilds this worker's view from the published snapshot: unchanged
+    /// services are kept as they are, changed ones get a new version
+    /// sharing the keep-alive pool (remapped to the new server list), new
+    /// ones start accepting, deleted ones close their idle connections.
+    pub fn refresh(self: &Rc<Self>) {
+        let snap = self.rt.snapshot();
+        if snap.generation == self.seen.get() {
+            return;
+        }
+        self.seen.set(snap.generation);
+        let mut cur = self.services.borrow_mut();
+        let mut next = Vec::with_capacity(snap.services.len());
+        let mut accept = Vec::new();
+        for sh in &snap.services {
+            match cur.iter().find(|s| s.id == sh.id) {
+                Some(old) if Arc::ptr_eq(&old.shared, sh) => next.push(old.clone()),
+                Some(old) => next.push(Rc::new(ServiceRt::build(self, sh, Some(old)))),
+                None => {
+                    if let Some(l) = sh.take_listener(self.id) {
+                        accept.push((sh.id, sh.cfg.name.clone(), sh.closed.subscribe(), l));
+                    }
+                    next.push(Rc::new(ServiceRt::build(self, sh, None)));
+                }
+            }
+        }
+        for old in cur.iter() {
+            if !next.iter().any(|n| n.id == old.id) {
+                old.pool.borrow_mut().close();
+            }
+        }
+        *cur = next;
+        drop(cur);
+        for (id, name, closed, l) in accept {
+            let listener = tokio_uring::net::TcpListener::from_std(l);
+            tokio_uring::spawn(accept_loop(self.clone(), id, name, closed, listener));
+        }
+    }
+
     pub fn shutting_down(&self) -> bool {
         *self.shutdown.borrow()
     }
@@ -112,12 +217,11 @@ impl Worker {
 }
 
 /// Runs worker `id` on the current thread until shutdown, serving the
-/// given listeners (one per service, same order as `shared`).
+/// services `rt` publishes (taking listener `id` of each).
 pub fn run_worker(
     id: usize,
     cfg: Arc<Config>,
-    shared: Vec<SharedService>,
-    listeners: Vec<std::net::TcpListener>,
+    rt: Arc<Runtime>,
     stats: Arc<WorkerStats>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -136,40 +240,22 @@ pub fn run_worker(
         b.uring_builder(&ring);
     }
     b.start(async move {
-        let services = shared
-            .into_iter()
-            .map(|s| ServiceRt {
-                cls: s
-                    .cfg
-                    .cls
-                    .as_ref()
-                    .map(|c| crate::cls::ClsRt::start(c, id, &s.servers, shutdown.clone())),
-                sched: RefCell::new(s.cfg.scheduler.build(&s.table)),
-                pool: RefCell::new(Pool::new(
-                    s.servers.len(),
-                    s.cfg.pool.max_idle_per_server,
-                    s.cfg.pool.idle_timeout,
-                )),
-                default_host: s.cfg.listen.to_string().into_bytes(),
-                cfg: s.cfg,
-                servers: s.servers,
-                table: s.table,
-            })
-            .collect();
         let w = Rc::new(Worker {
             id,
             cfg,
-            services,
+            rt,
+            services: RefCell::new(Vec::new()),
+            seen: Cell::new(u64::MAX),
             stats,
             shutdown,
             active: Cell::new(0),
             bufs: RefCell::new(Vec::new()),
             pipes: RefCell::new(Vec::new()),
         });
-        for (svc, l) in listeners.into_iter().enumerate() {
-            let listener = tokio_uring::net::TcpListener::from_std(l);
-            tokio_uring::spawn(accept_loop(w.clone(), svc, listener));
-        }
+        // Subscribed before the first refresh: no change can fall between.
+        let changes = w.rt.subscribe();
+        w.refresh();
+        tokio_uring::spawn(follow_changes(w.clone(), changes));
         tokio_uring::spawn(housekeeping(w.clone()));
         let mut sd = w.shutdown.clone();
         while !*sd.borrow_and_update() {
@@ -190,25 +276,54 @@ pub fn run_worker(
                 "grace period over; closing remaining connections"
             );
         }
-        for s in &w.services {
+        for s in w.services.borrow().iter() {
             s.pool.borrow_mut().clear();
         }
         debug!(worker = id, "worker stopped");
     });
 }
 
-async fn accept_loop(w: Rc<Worker>, svc: usize, listener: tokio_uring::net::TcpListener) {
+/// Applies published changes as soon as they happen (requests would find
+/// them too, but an idle worker must start accepting on a new service).
+async fn follow_changes(w: Rc<Worker>, mut changes: watch::Receiver<u64>) {
+    let mut sd = w.shutdown.clone();
+    loop {
+        tokio::select! {
+            biased;
+            _ = sd.changed() => break,
+            r = changes.changed() => {
+                if r.is_err() {
+                    break;
+                }
+            }
+        }
+        w.refresh();
+    }
+}
+
+async fn accept_loop(
+    w: Rc<Worker>,
+    id: u64,
+    name: String,
+    mut closed: watch::Receiver<bool>,
+    listener: tokio_uring::net::TcpListener,
+) {
     let mut sd = w.shutdown.clone();
     let max = w.cfg.limits.max_connections;
     loop {
         let accepted = tokio::select! {
             biased;
             _ = sd.changed() => break,
+            _ = closed.wait_for(|c| *c) => break,
             r = listener.accept() => r,
         };
         match accepted {
             Ok((stream, peer)) => {
                 w.stats.connections_accepted_total.fetch_add(1, Relaxed);
+                let Some(s) = w.service(id) else {
+                    break; // deleted meanwhile
+                };
+                s.shared.counters.connections.fetch_add(1, Relaxed);
                 if w.active.get() >= max {
                     // Over the limit: refuse by closing at once (back-pressure).
                     debug!(%peer, "connection limit reached; closing");
@@ -216,7 +331,7 @@ async fn accept_loop(w: Rc<Worker>, svc: usize, listener: tokio_uring::net::TcpL
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
-                tokio_uring::spawn(crate::conn::serve_client(w.clone(), svc, stream, peer));
+                tokio_uring::spawn(crate::conn::serve_client(w.clone(), s, stream, peer));
             }
             Err(e) => {
                 // EMFILE and the like: back off briefly instead of spinning.
@@ -225,7 +340,7 @@ async fn accept_loop(w: Rc<Worker>, svc: usize, listener: tokio_uring::net::TcpL
             }
         }
     }
-    info!(worker = w.id, service = %w.services[svc].cfg.name, "stopped accepting");
+    info!(worker = w.id, service = %name, "stopped accepting");
 }
 
 /// Once a second: close expired pooled connections, publish gauges; every
@@ -236,7 +351,7 @@ async fn housekeeping(w: Rc<Worker>) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         tick += 1;
         let mut idle = 0;
-        for s in &w.services {
+        for s in w.services.borrow().iter() {
             // With active health checks only the probes readmit a server.
             if w.id == 0 && !s.cfg.health.enabled {
                 for srv in s.servers.iter() {

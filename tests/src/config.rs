@@ -65,6 +65,9 @@ pub struct Config {
     /// `global.metrics` (Prometheus endpoint), if any.
     pub metrics: Option<SocketAddr>,
     pub services: Vec<Service>,
+    /// `global.admin_socket`; [`crate::Ktcpvs::start`] puts one in the
+    /// test's scratch directory when unset.
+    pub admin_socket: Option<String>,
 }
 
 impl Config {
@@ -81,6 +84,7 @@ impl Config {
             client_header_timeout_ms: 10_000,
             client_idle_timeout_ms: 60_000,
             metrics: None,
+            admin_socket: None,
             services: vec![Service {
                 name: "web".into(),
                 listen: None,
@@ -111,6 +115,9 @@ impl Config {
         let _ = writeln!(s, "[global]\nworkers = {}", self.workers);
         if let Some(m) = self.metrics {
             let _ = writeln!(s, "metrics = \"{m}\"");
+        }
+        if let Some(p) = &self.admin_socket {
+            let _ = writeln!(s, "admin_socket = \"{p}\"");
         }
         s.push('\n');
         let _ = writeln!(

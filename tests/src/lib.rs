@@ -34,7 +34,9 @@ pub use origin::{Origin, SeenRequest};
 pub use pattern::{md5_hex, pattern, pattern_md5};
 pub use ports::{dead_addr, free_addr, free_port_run};
 pub use raw_origin::{RawBehaviour, RawOrigin};
-pub use switch::{ktcpvs_bin, run_bin, run_check, run_check_file, CheckOutput, Ktcpvs};
+pub use switch::{
+    ktcpvs_bin, run_bin, run_check, run_check_file, run_program, tcpvsadm_bin, CheckOutput, Ktcpvs,
+};
 
 use std::time::{Duration, Instant};
 

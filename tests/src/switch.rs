@@ -80,6 +80,10 @@ impl Ktcpvs {
         for _ in 0..3 {
             let listen = fixed.unwrap_or_else(free_addr);
             let dir = scratch_dir();
+            let mut cfg = cfg.clone();
+            if cfg.admin_socket.is_none() {
+                cfg.admin_socket = Some(dir.join("admin.sock").display().to_string());
+            }
             let text = cfg.to_toml(listen);
             let path = dir.join("ktcpvs.toml");
             std::fs::write(&path, &text).expect("write config");
@@ -236,6 +240,47 @@ impl Ktcpvs {
     fn scratch(&self) -> &Path {
         &self.dir
     }
+
+    /// The configuration file the switch was started with (rewrite it and
+    /// send SIGHUP or `tcpvsadm reload`).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("ktcpvs.toml")
+    }
+
+    /// The admin socket of a switch from [`Ktcpvs::start`] (unless the
+    /// config named another).
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
+    /// Runs `tcpvsadm -S <admin socket> ARGS` to completion (10 s bound).
+    pub fn tcpvsadm(&self, args: &[&str]) -> CheckOutput {
+        let mut all = vec!["-S".to_string(), self.admin_socket().display().to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        run_program(&tcpvsadm_bin(), &all, Duration::from_secs(10))
+    }
+
+    /// [`Ktcpvs::tcpvsadm`], asserting success; returns stdout.
+    pub fn adm(&self, args: &[&str]) -> String {
+        let out = self.tcpvsadm(args);
+        assert!(out.success(), "tcpvsadm {args:?} failed: {out:?}");
+        out.stdout
+    }
+}
+
+/// Path of `tcpvsadm`: `$TCPVSADM_BIN`, else next to the ktcpvs binary.
+pub fn tcpvsadm_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TCPVSADM_BIN") {
+        return PathBuf::from(p);
+    }
+    let bin = ktcpvs_bin().with_file_name("tcpvsadm");
+    assert!(
+        bin.is_file(),
+        "tcpvsadm binary not found at {}: build it first (`cargo build --workspace --bins`) \
+         or set TCPVSADM_BIN",
+        bin.display()
+    );
+    bin
 }
 
 impl Drop for Ktcpvs {
@@ -297,15 +342,20 @@ pub fn run_check_file(path: &Path) -> CheckOutput {
 
 /// Runs the binary with `args` to completion (killed after `timeout`).
 pub fn run_bin(args: &[String], timeout: Duration) -> CheckOutput {
+    run_program(&ktcpvs_bin(), args, timeout)
+}
+
+/// Runs `program` with `args` to completion (killed after `timeout`).
+pub fn run_program(program: &Path, args: &[String], timeout: Duration) -> CheckOutput {
     let dir = scratch_dir();
     let (o, e) = (dir.join("out"), dir.join("err"));
-    let mut child = Command::new(ktcpvs_bin())
+    let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(File::create(&o).expect("out file"))
         .stderr(File::create(&e).expect("err file"))
         .spawn()
-        .expect("spawn ktcpvs");
+        .expect("spawn program");
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(st) = child.try_wait().expect("try_wait") {
@@ -326,7 +376,8 @@ pub fn run_bin(args: &[String], timeout: Duration) -> CheckOutput {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
         status.is_some(),
-        "ktcpvs {args:?} did not exit within {timeout:?}: {out:?}"
+        "{} {args:?} did not exit within {timeout:?}: {out:?}",
+        program.display()
     );
     out
 }

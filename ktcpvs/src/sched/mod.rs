@@ -16,9 +16,24 @@ pub mod wlc;
 pub mod wrr;
 
 /// One real server as every worker sees it.
+///
+/// The mutable state lives in a shared [`ServerState`] (reached through
+/// `Deref`, so `s.conns`, `s.weight` read as fields): a runtime change
+/// (tcpvsadm, reload) publishes a new server list whose surviving entries
+/// are [`Server::share`]d copies, so in-flight counts, up/down state and
+/// counters carry over and requests still running on an old list update
+/// the same atomics.
 #[derive(Debug)]
 pub struct Server {
     pub addr: SocketAddr,
+    /// Stable identity across runtime changes (keys the keep-alive pools).
+    pub id: u64,
+    state: Arc<ServerState>,
+}
+
+/// The shared, mutable part of a [`Server`].
+#[derive(Debug)]
+pub struct ServerState {
     /// Scheduling weight; 0 drains the server (never chosen for new requests).
     pub weight: AtomicU32,
     pub low: AtomicU32,
@@ -32,19 +47,43 @@ pub struct Server {
     pub down_since: std::sync::atomic::AtomicU64,
     /// Health checking and dynamic-feedback state (`crate::health`).
     pub health: crate::health::HealthState,
+    /// Requests sent to this server (zeroed by `tcpvsadm -Z`).
+    pub requests: std::sync::atomic::AtomicU64,
+}
+
+impl std::ops::Deref for Server {
+    type Target = ServerState;
+    #[inline]
+    fn deref(&self) -> &ServerState {
+        &self.state
+    }
 }
 
 impl Server {
     pub fn new(addr: SocketAddr, weight: u32, low: u32, high: u32) -> Server {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Server {
             addr,
-            weight: AtomicU32::new(weight),
-            low: AtomicU32::new(low),
-            high: AtomicU32::new(high),
-            conns: AtomicU32::new(0),
-            up: AtomicBool::new(true),
-            down_since: Default::default(),
-            health: crate::health::HealthState::new(weight),
+            id: NEXT_ID.fetch_add(1, Relaxed),
+            state: Arc::new(ServerState {
+                weight: AtomicU32::new(weight),
+                low: AtomicU32::new(low),
+                high: AtomicU32::new(high),
+                conns: AtomicU32::new(0),
+                up: AtomicBool::new(true),
+                down_since: Default::default(),
+                health: crate::health::HealthState::new(weight),
+                requests: Default::default(),
+            }),
+        }
+    }
+
+    /// The same server (same id, same shared state) for a new server list.
+    pub fn share(&self) -> Server {
+        Server {
+            addr: self.addr,
+            id: self.id,
+            state: self.state.clone(),
         }
     }
 
