@@ -26,7 +26,7 @@ pub enum ConfigError {
     Field { field: String, msg: String },
 }
 
-fn field_err(field: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+pub(crate) fn field_err(field: impl Into<String>, msg: impl Into<String>) -> ConfigError {
     ConfigError::Field {
         field: field.into(),
         msg: msg.into(),
@@ -80,7 +80,29 @@ pub struct RawService {
     #[serde(default)]
     pub lblc: RawLblc,
     #[serde(default)]
+    pub chash: RawChash,
+    #[serde(default)]
     pub server: Vec<RawServer>,
+    #[serde(default)]
+    pub rule: Vec<RawRule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChash {
+    pub balance_factor: Option<u32>,
+}
+
+/// One `[[service.rule]]` (checked in [`crate::sched::rules`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub path_prefix: Option<String>,
+    pub path_suffix: Option<String>,
+    pub path_regex: Option<String>,
+    pub host: Option<String>,
+    pub method: Option<String>,
+    pub set: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +127,9 @@ pub struct RawPool {
 pub struct RawLblc {
     pub max_entries: Option<usize>,
     pub expire_s: Option<u64>,
+    pub shrink_s: Option<u64>,
+    pub queue: Option<usize>,
+    pub queue_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +139,7 @@ pub struct RawServer {
     pub weight: Option<u32>,
     pub low: Option<u32>,
     pub high: Option<u32>,
+    pub sets: Option<Vec<String>>,
 }
 
 // ------------------------------------------------------------ checked layer
@@ -150,7 +176,13 @@ pub struct ServiceConfig {
     pub pool: PoolConfig,
     pub lblc_max_entries: usize,
     pub lblc_expire: Duration,
+    /// lblcr's K: a server set unchanged this long loses its busiest member.
+    pub lblcr_shrink: Duration,
+    /// lblc/lblcr in-flight cap: requests waiting per worker, and how long.
+    pub queue: usize,
+    pub queue_timeout: Duration,
     pub servers: Vec<ServerConfig>,
+    pub rules: crate::sched::rules::Rules,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -174,6 +206,8 @@ pub struct ServerConfig {
     pub weight: u32,
     pub low: u32,
     pub high: u32,
+    /// Named server sets of content rules (empty: the default set).
+    pub sets: Vec<String>,
 }
 
 /// Default number of bytes from which a body is spliced rather than copied.
@@ -319,7 +353,7 @@ impl RawConfig {
                     format!("{listen} is used by another service"),
                 ));
             }
-            let scheduler = match s.scheduler.as_deref() {
+            let mut scheduler = match s.scheduler.as_deref() {
                 None => SchedulerKind::Wlc,
                 Some(name) => SchedulerKind::parse(name).ok_or_else(|| {
                     field_err(
@@ -331,6 +365,17 @@ impl RawConfig {
                     )
                 })?,
             };
+            if let Some(bf) = s.chash.balance_factor {
+                if !(100..=1000).contains(&bf) {
+                    return Err(field_err(
+                        f("chash.balance_factor"),
+                        "must be between 100 and 1000 (percent of the average load)",
+                    ));
+                }
+                if let SchedulerKind::Chash { balance_factor } = &mut scheduler {
+                    *balance_factor = bf;
+                }
+            }
             let fw = s.forwarding;
             let forwarding = Forwarding {
                 x_forwarded_for: fw.x_forwarded_for.unwrap_or(true),
@@ -365,8 +410,14 @@ impl RawConfig {
                     "at least one [[service.server]] is required",
                 ));
             }
-            if s.server.len() > 64 {
-                return Err(field_err(f("server"), "at most 64 servers per service"));
+            if s.server.len() > crate::sched::MAX_SERVERS {
+                return Err(field_err(
+                    f("server"),
+                    format!(
+                        "at most {} servers per service",
+                        crate::sched::MAX_SERVERS
+                    ),
+                ));
             }
             let mut servers = Vec::with_capacity(s.server.len());
             let mut addrs = HashSet::new();
@@ -403,17 +454,51 @@ impl RawConfig {
                         format!("must not exceed high ({high})"),
                     ));
                 }
+                let sets = r.sets.unwrap_or_default();
+                if let Some(bad) = sets.iter().find(|n| {
+                    n.is_empty()
+                        || !n
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                }) {
+                    return Err(field_err(
+                        g("sets"),
+                        format!("bad set name {bad:?} (letters, digits, '-', '_', '.')"),
+                    ));
+                }
                 servers.push(ServerConfig {
                     address,
                     weight,
                     low,
                     high,
+                    sets,
                 });
             }
             let lblc_max_entries = s.lblc.max_entries.unwrap_or(1 << 20);
             if lblc_max_entries == 0 {
                 return Err(field_err(f("lblc.max_entries"), "must be greater than 0"));
             }
+            let lb = &s.lblc;
+            let lblcr_shrink = Duration::from_secs(
+                lb.shrink_s
+                    .unwrap_or(crate::sched::lblcr::DEFAULT_SHRINK_S as u64),
+            );
+            if lblcr_shrink.is_zero() || lblcr_shrink.as_secs() > u32::MAX as u64 {
+                return Err(field_err(
+                    f("lblc.shrink_s"),
+                    "must be between 1 and 4294967295",
+                ));
+            }
+            let queue = lb.queue.unwrap_or(crate::sched::queue::DEFAULT_QUEUE);
+            if queue > 1_000_000 {
+                return Err(field_err(f("lblc.queue"), "must be at most 1000000"));
+            }
+            let queue_timeout = positive_ms(
+                &f("lblc.queue_timeout_ms"),
+                lb.queue_timeout_ms,
+                crate::sched::queue::DEFAULT_QUEUE_TIMEOUT_MS,
+            )?;
+            let rules = crate::sched::rules::Rules::build(s.rule, &servers, &format!("service[{i}]"))?;
             services.push(ServiceConfig {
                 name,
                 listen,
@@ -422,7 +507,11 @@ impl RawConfig {
                 pool,
                 lblc_max_entries,
                 lblc_expire: Duration::from_secs(s.lblc.expire_s.unwrap_or(360).max(1)),
+                lblcr_shrink,
+                queue,
+                queue_timeout,
                 servers,
+                rules,
             });
         }
         Ok(Config {

@@ -105,7 +105,7 @@ pub fn start(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<Running, St
                 .map(|r| Server::new(r.address, r.weight, r.low, r.high))
                 .collect::<Vec<_>>()
                 .into(),
-            table: Arc::new(LocalityTable::new(s.lblc_max_entries)),
+            table: Arc::new(LocalityTable::new(s.lblc_max_entries).with_shrink(s.lblcr_shrink)),
         })
         .collect();
 

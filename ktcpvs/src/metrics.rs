@@ -50,6 +50,8 @@ counters! {
     pool_idle: "Idle pooled real-server connections.",
     spliced_bytes_total: "Body bytes moved with splice(2).",
     copied_bytes_total: "Body bytes moved through user-space buffers.",
+    queued_total: "Requests that waited for the lblc/lblcr in-flight cap (every server at its high threshold).",
+    queue_rejected_total: "Requests answered 503 after the in-flight cap's queue was full or its wait timed out.",
 }
 
 /// What the metrics endpoint reads.
@@ -84,12 +86,20 @@ impl Registry {
                 );
             }
         }
-        out.push_str("# HELP ktcpvs_locality_entries Entries of the lblc locality table.\n# TYPE ktcpvs_locality_entries gauge\n");
+        out.push_str("# HELP ktcpvs_locality_entries Entries of the locality table (lblc targets, lblcr server sets).\n# TYPE ktcpvs_locality_entries gauge\n");
         for (name, _, t) in &self.services {
             let _ = writeln!(
                 out,
                 "ktcpvs_locality_entries{{service=\"{name}\"}} {}",
                 t.len()
+            );
+        }
+        out.push_str("# HELP ktcpvs_locality_reassigned_total Targets moved to another server (lblc) or sets grown (lblcr) because of imbalance.\n# TYPE ktcpvs_locality_reassigned_total counter\n");
+        for (name, _, t) in &self.services {
+            let _ = writeln!(
+                out,
+                "ktcpvs_locality_reassigned_total{{service=\"{name}\"}} {}",
+                t.reassigned.load(Relaxed)
             );
         }
         out

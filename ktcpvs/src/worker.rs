@@ -30,6 +30,8 @@ pub struct ServiceRt {
     pub table: Arc<LocalityTable>,
     pub sched: RefCell<Box<dyn Scheduler>>,
     pub pool: RefCell<Pool>,
+    /// Requests waiting for the lblc/lblcr in-flight cap on this worker.
+    pub queue: crate::sched::queue::WaitQueue,
     /// Host header for HTTP/1.0 requests that carry none.
     pub default_host: Vec<u8>,
 }
@@ -143,6 +145,7 @@ pub fn run_worker(
                     s.cfg.pool.max_idle_per_server,
                     s.cfg.pool.idle_timeout,
                 )),
+                queue: crate::sched::queue::WaitQueue::new(s.cfg.queue, s.cfg.queue_timeout),
                 default_host: s.cfg.listen.to_string().into_bytes(),
                 cfg: s.cfg,
                 servers: s.servers,

@@ -42,9 +42,9 @@ mod tests {
         s[0].conns.store(4, Relaxed);
         s[1].conns.store(5, Relaxed);
         let mut wlc = WeightedLeastConnection;
-        assert_eq!(wlc.pick(&s, &req(b"/"), Exclude(0)), Some(1));
+        assert_eq!(wlc.pick(&s, &req(b"/"), Exclude::NONE), Some(1));
         s[1].conns.store(11, Relaxed);
-        assert_eq!(wlc.pick(&s, &req(b"/"), Exclude(0)), Some(0));
-        assert_eq!(wlc.pick(&s, &req(b"/"), Exclude(0b011)), None);
+        assert_eq!(wlc.pick(&s, &req(b"/"), Exclude::NONE), Some(0));
+        assert_eq!(wlc.pick(&s, &req(b"/"), Exclude::bits(0b011)), None);
     }
 }
