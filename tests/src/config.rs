@@ -12,6 +12,8 @@ pub struct Server {
     pub weight: u32,
     pub low: u32,
     pub high: u32,
+    /// Server sets of content rules (`sets = [...]`); empty: default set.
+    pub sets: Vec<String>,
 }
 
 impl Server {
@@ -21,7 +23,19 @@ impl Server {
             weight: 1,
             low: 30,
             high: 60,
+            sets: Vec::new(),
         }
+    }
+
+    pub fn thresholds(mut self, low: u32, high: u32) -> Self {
+        self.low = low;
+        self.high = high;
+        self
+    }
+
+    pub fn sets(mut self, sets: &[&str]) -> Self {
+        self.sets = sets.iter().map(|s| s.to_string()).collect();
+        self
     }
 
     pub fn weight(mut self, w: u32) -> Self {
@@ -45,6 +59,9 @@ pub struct Service {
     pub connect_timeout_ms: u64,
     pub response_timeout_ms: u64,
     pub servers: Vec<Server>,
+    /// Raw TOML appended after the service's servers (e.g.
+    /// `[[service.rule]]` or `[service.lblc]` tables).
+    pub extra: String,
 }
 
 /// The whole configuration file.
@@ -54,6 +71,8 @@ pub struct Config {
     pub max_header_bytes: usize,
     pub client_header_timeout_ms: u64,
     pub client_idle_timeout_ms: u64,
+    /// `global.metrics`: where the Prometheus endpoint listens, if anywhere.
+    pub metrics: Option<SocketAddr>,
     pub services: Vec<Service>,
 }
 
@@ -70,6 +89,7 @@ impl Config {
             max_header_bytes: 16384,
             client_header_timeout_ms: 10_000,
             client_idle_timeout_ms: 60_000,
+            metrics: None,
             services: vec![Service {
                 name: "web".into(),
                 listen: None,
@@ -82,6 +102,7 @@ impl Config {
                 connect_timeout_ms: 2000,
                 response_timeout_ms: 30_000,
                 servers,
+                extra: String::new(),
             }],
         }
     }
@@ -95,7 +116,11 @@ impl Config {
     /// `fallback_listen`.
     pub fn to_toml(&self, fallback_listen: SocketAddr) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "[global]\nworkers = {}\n", self.workers);
+        let _ = writeln!(s, "[global]\nworkers = {}", self.workers);
+        if let Some(m) = self.metrics {
+            let _ = writeln!(s, "metrics = \"{m}\"");
+        }
+        s.push('\n');
         let _ = writeln!(
             s,
             "[limits]\nmax_header_bytes = {}\nclient_header_timeout_ms = {}\nclient_idle_timeout_ms = {}\n",
@@ -121,10 +146,17 @@ impl Config {
             for srv in &svc.servers {
                 let _ = writeln!(
                     s,
-                    "[[service.server]]\naddress = \"{}\"\nweight = {}\nlow = {}\nhigh = {}\n",
+                    "[[service.server]]\naddress = \"{}\"\nweight = {}\nlow = {}\nhigh = {}",
                     srv.address, srv.weight, srv.low, srv.high
                 );
+                if !srv.sets.is_empty() {
+                    let names: Vec<String> = srv.sets.iter().map(|n| format!("{n:?}")).collect();
+                    let _ = writeln!(s, "sets = [{}]", names.join(", "));
+                }
+                s.push('\n');
             }
+            s.push_str(&svc.extra);
+            s.push('\n');
         }
         s
     }
