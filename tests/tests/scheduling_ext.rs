@@ -46,11 +46,24 @@ fn chash_and_maglev_send_a_target_to_one_origin_and_spread_targets() {
         let os = origins(3);
         let k = Ktcpvs::start(&Config::new(sched, &addrs(&os)));
         let mut homes = HashSet::new();
+        // maglev ignores load: fresh connections (both workers). chash
+        // looks at load, and a request's load is released just after its
+        // response is written — a client on another connection can be
+        // scheduled before that, see one unit in flight and (rightly, at
+        // such a tiny load) spill; one keep-alive connection orders them.
+        let mut c = k.client();
+        let mut one = |path: &str| {
+            if sched == "maglev" {
+                fresh(k.addr(), path)
+            } else {
+                let r = c.roundtrip(&get(path));
+                assert_eq!(r.status, 200, "{path}: {r:?}");
+                r.origin().to_string()
+            }
+        };
         for t in 0..24 {
             let p = format!("/h/{t}.html");
-            let seq: HashSet<String> = (0..4)
-                .map(|i| fresh(k.addr(), &format!("{p}?i={i}")))
-                .collect();
+            let seq: HashSet<String> = (0..4).map(|i| one(&format!("{p}?i={i}"))).collect();
             assert_eq!(seq.len(), 1, "{sched} moved {p}: {seq:?}");
             homes.extend(seq);
         }
@@ -64,17 +77,34 @@ fn chash_and_maglev_send_a_target_to_one_origin_and_spread_targets() {
 #[test]
 fn chash_spills_a_busy_target_to_another_origin() {
     let os = origins(3);
-    let k = Ktcpvs::start(&Config::new("chash", &addrs(&os)));
+    let mut cfg = Config::new("chash", &addrs(&os));
+    let metrics = free_addr();
+    cfg.metrics = Some(metrics);
+    let k = Ktcpvs::start(&cfg);
     // With nothing in flight a target stays home. One request of it in
     // flight at home: L+1 = 2, cap = ceil(1.25 × 2 / 3) = 1, so the next
     // one spills to the next origin on the ring.
     let p = "/slow/1200/hot";
     let home = fresh(k.addr(), p);
+    // (A request's load is released just after its response is written:
+    // wait until the switch reports nothing in flight.)
+    assert!(wait_until(Duration::from_secs(5), || nothing_in_flight(metrics)));
     let a = slow_in_progress(&k, &os, p);
     let b = slow_in_progress(&k, &os, p);
     assert_eq!(a.join().unwrap(), home);
     assert_ne!(b.join().unwrap(), home, "chash did not bound the home's load");
+    assert!(wait_until(Duration::from_secs(5), || nothing_in_flight(metrics)));
     assert_eq!(fresh(k.addr(), p), home, "the target came back home");
+}
+
+/// Every `ktcpvs_server_inflight` sample of the metrics endpoint is 0.
+fn nothing_in_flight(metrics: SocketAddr) -> bool {
+    let body = scrape(metrics);
+    let samples: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("ktcpvs_server_inflight{"))
+        .collect();
+    !samples.is_empty() && samples.iter().all(|l| l.ends_with(" 0"))
 }
 
 #[test]
@@ -96,6 +126,7 @@ fn lblcr_replicates_a_hot_target_onto_a_second_origin_only() {
     let first: Vec<String> = p1.into_iter().map(|t| t.join().unwrap()).collect();
     assert_eq!(first[0], first[1], "{first:?}");
     assert_ne!(first[2], first[0], "set did not grow: {first:?}");
+    assert!(wait_until(Duration::from_secs(5), || nothing_in_flight(metrics)));
     // Phase 2, two at once: the set's two members serve them, the third
     // origin never sees the target.
     let p2: Vec<_> = (0..2)
