@@ -234,6 +234,7 @@ async fn housekeeping(w: Rc<Worker>) {
         let mut idle = 0;
         for s in &w.services {
             if w.id == 0 {
+                s.table.tick();
                 for srv in s.servers.iter() {
                     if srv.readmit(clock_s(), READMIT_AFTER_S) {
                         info!(server = %srv.addr, "real server back in rotation (next request probes it)");

@@ -26,12 +26,40 @@ use dashmap::DashMap;
 use super::wlc::least_loaded;
 use super::{Exclude, Request, Scheduler, Server};
 
-/// The clock of a table: whole seconds, real or set by a test.
+/// The clock of a table: whole seconds, real or set by a test. The real
+/// one is coarse: [`LocalityTable::tick`] (called every second by a
+/// worker's housekeeping) stores the time, so a decision reads one atomic
+/// instead of calling clock_gettime.
 #[derive(Debug)]
 enum Clock {
-    Real(Instant),
+    Real { epoch: Instant, now: AtomicU32 },
     Manual(AtomicU32),
 }
+
+/// The keys are already hashes of the target: only mix them (hashbrown
+/// and the shard choice use different bits), skipping SipHash.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PassHasher(u64);
+
+impl std::hash::Hasher for PassHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        super::hashing::mix64(self.0)
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) ^ b as u64;
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+pub(crate) type KeyMap<V> =
+    DashMap<u64, V, std::hash::BuildHasherDefault<PassHasher>>;
 
 #[derive(Debug)]
 struct Entry {
@@ -43,9 +71,9 @@ struct Entry {
 /// target hash → server index, shared by all workers of a service.
 #[derive(Debug)]
 pub struct LocalityTable {
-    map: DashMap<u64, Entry>,
+    map: KeyMap<Entry>,
     /// lblcr: target hash → server set.
-    pub(crate) sets: DashMap<u64, super::lblcr::SetEntry>,
+    pub(crate) sets: KeyMap<super::lblcr::SetEntry>,
     pub(crate) max_entries: usize,
     /// lblcr: a set unchanged for this long loses its busiest member.
     pub(crate) shrink_after_s: u32,
@@ -57,11 +85,14 @@ pub struct LocalityTable {
 impl LocalityTable {
     pub fn new(max_entries: usize) -> LocalityTable {
         LocalityTable {
-            map: DashMap::with_shard_amount(64),
-            sets: DashMap::with_shard_amount(64),
+            map: DashMap::with_hasher_and_shard_amount(Default::default(), 64),
+            sets: DashMap::with_hasher_and_shard_amount(Default::default(), 64),
             max_entries,
             shrink_after_s: super::lblcr::DEFAULT_SHRINK_S,
-            clock: Clock::Real(Instant::now()),
+            clock: Clock::Real {
+                epoch: Instant::now(),
+                now: AtomicU32::new(0),
+            },
             reassigned: Default::default(),
         }
     }
@@ -85,10 +116,17 @@ impl LocalityTable {
         }
     }
 
+    /// Brings the coarse real clock up to date (no effect on a manual one).
+    pub fn tick(&self) {
+        if let Clock::Real { epoch, now } = &self.clock {
+            now.store(epoch.elapsed().as_secs() as u32, Relaxed);
+        }
+    }
+
     #[inline]
     pub(crate) fn now(&self) -> u32 {
         match &self.clock {
-            Clock::Real(epoch) => epoch.elapsed().as_secs() as u32,
+            Clock::Real { now, .. } => now.load(Relaxed),
             Clock::Manual(t) => t.load(Relaxed),
         }
     }
@@ -104,7 +142,12 @@ impl LocalityTable {
 
     fn get(&self, key: u64) -> Option<usize> {
         self.map.get(&key).map(|e| {
-            e.used.store(self.now(), Relaxed);
+            // Written only when the second changed: a hot entry read by
+            // several workers does not bounce between their caches.
+            let now = self.now();
+            if e.used.load(Relaxed) != now {
+                e.used.store(now, Relaxed);
+            }
             e.server as usize
         })
     }
@@ -131,6 +174,7 @@ impl LocalityTable {
 
     /// Drops entries not used for `older_than`; returns how many.
     pub fn expire(&self, older_than: Duration) -> usize {
+        self.tick();
         let now = self.now();
         let limit = older_than.as_secs().min(u32::MAX as u64) as u32;
         let before = self.len();

@@ -134,7 +134,9 @@ impl Scheduler for Lblcr {
         let look = match t.sets.get(&key) {
             None => Look::Missing,
             Some(e) => {
-                e.used.store(now, Relaxed);
+                if e.used.load(Relaxed) != now {
+                    e.used.store(now, Relaxed);
+                }
                 let shrink = e.len > 1 && now.saturating_sub(e.lastmod) >= t.shrink_after_s;
                 match e.least(servers, exclude) {
                     Some(n) if !shrink && !overloaded(&servers[n], servers, exclude) => {
