@@ -99,7 +99,7 @@ fn rss() -> u64 {
 
 /// A scheduler for `kind` with every target already in its table.
 fn warmed(kind: SchedulerKind, s: &[Server], hs: &[u64]) -> Box<dyn Scheduler> {
-    let table = Arc::new(LocalityTable::new(2 * TARGETS));
+    let table = Arc::new(LocalityTable::for_kind(kind, 2 * TARGETS));
     let mut sched = kind.build(&table);
     if kind.capped() {
         for (k, &h) in hs.iter().enumerate() {
@@ -118,17 +118,19 @@ fn memory_and_allocations(hs: &[u64]) {
     for name in ["lblc", "lblcr"] {
         let kind = SchedulerKind::parse(name).unwrap();
         let before = rss();
-        let table = Arc::new(LocalityTable::new(2 * TARGETS));
+        let table = Arc::new(LocalityTable::for_kind(kind, 2 * TARGETS));
         let mut sched = kind.build(&table);
         for (k, &h) in hs.iter().enumerate() {
             sched.pick(&s, &req(h, k), Exclude::NONE);
         }
         let used = rss().saturating_sub(before);
         println!(
-            "locality table ({name}): {} entries, {:.1} MiB resident, {:.0} bytes/entry",
+            "locality table ({name}): {} entries, {:.1} MiB resident, {:.0} bytes/entry (lblc slot array: {} MiB, sized for max_entries = {})",
             table.len(),
             used as f64 / (1 << 20) as f64,
-            used as f64 / table.len() as f64
+            used as f64 / table.len() as f64,
+            table.slot_bytes() >> 20,
+            2 * TARGETS
         );
         keep.push(table);
     }

@@ -105,7 +105,10 @@ pub fn start(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<Running, St
                 .map(|r| Server::new(r.address, r.weight, r.low, r.high))
                 .collect::<Vec<_>>()
                 .into(),
-            table: Arc::new(LocalityTable::new(s.lblc_max_entries).with_shrink(s.lblcr_shrink)),
+            table: Arc::new(
+                LocalityTable::for_kind(s.scheduler, s.lblc_max_entries)
+                    .with_shrink(s.lblcr_shrink),
+            ),
         })
         .collect();
 

@@ -7,9 +7,10 @@
 //!      or n.conns >= 2 * n.high:        n = least-connection node
 //! server[target] = n
 //! ```
-//! The table is shared by every worker (a sharded [`DashMap`], no global
-//! lock), bounded by `max_entries`, and entries unused for `expire` are
-//! swept by [`LocalityTable::expire`], which a worker calls periodically.
+//! The table is shared by every worker without a lock (lock-free
+//! cache-line buckets, [`super::slots`]), bounded by `max_entries`, and
+//! entries unused for `expire` are swept by [`LocalityTable::expire`],
+//! which a worker calls periodically.
 //! The same table holds lblcr's target → server-set entries
 //! ([`super::lblcr`]); a service uses one kind or the other.
 //!
@@ -61,17 +62,10 @@ impl std::hash::Hasher for PassHasher {
 pub(crate) type KeyMap<V> =
     DashMap<u64, V, std::hash::BuildHasherDefault<PassHasher>>;
 
-#[derive(Debug)]
-struct Entry {
-    server: u32,
-    /// Seconds since the table was created, at last use.
-    used: AtomicU32,
-}
-
 /// target hash → server index, shared by all workers of a service.
 #[derive(Debug)]
 pub struct LocalityTable {
-    map: KeyMap<Entry>,
+    map: super::slots::Slots,
     /// lblcr: target hash → server set.
     pub(crate) sets: KeyMap<super::lblcr::SetEntry>,
     pub(crate) max_entries: usize,
@@ -85,7 +79,7 @@ pub struct LocalityTable {
 impl LocalityTable {
     pub fn new(max_entries: usize) -> LocalityTable {
         LocalityTable {
-            map: DashMap::with_hasher_and_shard_amount(Default::default(), 64),
+            map: super::slots::Slots::new(max_entries),
             sets: DashMap::with_hasher_and_shard_amount(Default::default(), 64),
             max_entries,
             shrink_after_s: super::lblcr::DEFAULT_SHRINK_S,
@@ -95,6 +89,18 @@ impl LocalityTable {
             },
             reassigned: Default::default(),
         }
+    }
+
+    /// The table of a service using `kind`: lblc's slot array (fixed
+    /// memory, ~16 bytes per entry) is allocated only for lblc.
+    pub fn for_kind(kind: super::SchedulerKind, max_entries: usize) -> LocalityTable {
+        let mut t = LocalityTable::new(if kind == super::SchedulerKind::Lblc {
+            max_entries
+        } else {
+            1
+        });
+        t.max_entries = max_entries;
+        t
     }
 
     /// lblcr's K: seconds without change after which a server set shrinks.
@@ -140,46 +146,27 @@ impl LocalityTable {
         self.map.is_empty() && self.sets.is_empty()
     }
 
+    /// Bytes of lblc's slot array (fixed at start).
+    pub fn slot_bytes(&self) -> usize {
+        self.map.bytes()
+    }
+
+    #[inline]
     fn get(&self, key: u64) -> Option<usize> {
-        self.map.get(&key).map(|e| {
-            // Written only when the second changed: a hot entry read by
-            // several workers does not bounce between their caches.
-            let now = self.now();
-            if e.used.load(Relaxed) != now {
-                e.used.store(now, Relaxed);
-            }
-            e.server as usize
-        })
+        self.map.get(key, self.now())
     }
 
     fn set(&self, key: u64, server: usize) {
-        let now = self.now();
-        if let Some(mut e) = self.map.get_mut(&key) {
-            e.server = server as u32;
-            e.used.store(now, Relaxed);
-            return;
-        }
-        // Bounded: when full, the target is scheduled but not remembered
-        // until the next sweep frees room.
-        if self.map.len() < self.max_entries {
-            self.map.insert(
-                key,
-                Entry {
-                    server: server as u32,
-                    used: AtomicU32::new(now),
-                },
-            );
-        }
+        self.map.set(key, server, self.now());
     }
 
     /// Drops entries not used for `older_than`; returns how many.
     pub fn expire(&self, older_than: Duration) -> usize {
         self.tick();
         let now = self.now();
-        let limit = older_than.as_secs().min(u32::MAX as u64) as u32;
+        let limit = older_than.as_secs().min(super::slots::MAX_AGE_S as u64) as u32;
         let before = self.len();
-        self.map
-            .retain(|_, e| now.saturating_sub(e.used.load(Relaxed)) < limit);
+        self.map.expire(limit, now);
         self.sets
             .retain(|_, e| now.saturating_sub(e.used.load(Relaxed)) < limit);
         before - self.len()

@@ -19,6 +19,7 @@ pub mod queue;
 pub mod rr;
 pub mod rules;
 pub mod sh;
+pub mod slots;
 pub mod wlc;
 pub mod wrr;
 
