@@ -97,15 +97,17 @@ fn rss() -> u64 {
     pages * 4096
 }
 
-/// A scheduler for `kind` with every target already in its table.
+/// A scheduler for `kind` with the 1 M targets already in its table
+/// (sized by the default `max_entries`, 1 M).
 fn warmed(kind: SchedulerKind, s: &[Server], hs: &[u64]) -> Box<dyn Scheduler> {
-    let table = Arc::new(LocalityTable::for_kind(kind, 2 * TARGETS));
+    let table = Arc::new(LocalityTable::for_kind(kind, TARGETS));
     let mut sched = kind.build(&table);
     if kind.capped() {
         for (k, &h) in hs.iter().enumerate() {
             sched.pick(s, &req(h, k), Exclude::NONE);
         }
-        assert_eq!(table.len(), hs.len());
+        // lblc's buckets may have evicted a few (full buckets).
+        assert!(table.len() >= hs.len() * 98 / 100, "{}", table.len());
     } else {
         sched.pick(s, &req(hs[0], 0), Exclude::NONE);
     }
@@ -118,7 +120,7 @@ fn memory_and_allocations(hs: &[u64]) {
     for name in ["lblc", "lblcr"] {
         let kind = SchedulerKind::parse(name).unwrap();
         let before = rss();
-        let table = Arc::new(LocalityTable::for_kind(kind, 2 * TARGETS));
+        let table = Arc::new(LocalityTable::for_kind(kind, TARGETS));
         let mut sched = kind.build(&table);
         for (k, &h) in hs.iter().enumerate() {
             sched.pick(&s, &req(h, k), Exclude::NONE);
@@ -130,7 +132,7 @@ fn memory_and_allocations(hs: &[u64]) {
             used as f64 / (1 << 20) as f64,
             used as f64 / table.len() as f64,
             table.slot_bytes() >> 20,
-            2 * TARGETS
+            TARGETS
         );
         keep.push(table);
     }

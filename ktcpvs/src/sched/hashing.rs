@@ -41,16 +41,17 @@ pub fn ip_hash(ip: IpAddr) -> u64 {
 
 /// Signature of the servers' weights (and, if `with_up`, availability):
 /// a structure built from them is rebuilt when it changes. O(servers),
-/// no allocation.
+/// no allocation; each server's term is mixed on its own and summed, so
+/// the loop has no serial dependency through the mixer.
 #[inline]
 pub fn signature(servers: &[Server], with_up: bool) -> u64 {
     let mut h = servers.len() as u64;
-    for s in servers {
-        let mut v = s.weight() as u64;
+    for (j, s) in servers.iter().enumerate() {
+        let mut v = (s.weight() as u64) << 20 | j as u64;
         if with_up && !s.up.load(std::sync::atomic::Ordering::Relaxed) {
-            v |= 1 << 40;
+            v |= 1 << 60;
         }
-        h = mix64(h ^ v).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        h = h.wrapping_add(mix64(v));
     }
     h
 }
