@@ -413,10 +413,7 @@ impl RawConfig {
             if s.server.len() > crate::sched::MAX_SERVERS {
                 return Err(field_err(
                     f("server"),
-                    format!(
-                        "at most {} servers per service",
-                        crate::sched::MAX_SERVERS
-                    ),
+                    format!("at most {} servers per service", crate::sched::MAX_SERVERS),
                 ));
             }
             let mut servers = Vec::with_capacity(s.server.len());
@@ -498,7 +495,8 @@ impl RawConfig {
                 lb.queue_timeout_ms,
                 crate::sched::queue::DEFAULT_QUEUE_TIMEOUT_MS,
             )?;
-            let rules = crate::sched::rules::Rules::build(s.rule, &servers, &format!("service[{i}]"))?;
+            let rules =
+                crate::sched::rules::Rules::build(s.rule, &servers, &format!("service[{i}]"))?;
             services.push(ServiceConfig {
                 name,
                 listen,

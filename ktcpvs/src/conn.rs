@@ -117,7 +117,9 @@ async fn client_loop(
             }
         };
         // 2. Forward it and relay the answer.
-        if !crate::proxy::exchange(w, svc, client, bufs, &head, peer.ip()).await || w.shutting_down() {
+        if !crate::proxy::exchange(w, svc, client, bufs, &head, peer.ip()).await
+            || w.shutting_down()
+        {
             return;
         }
     }

@@ -88,12 +88,20 @@ fn chash_spills_a_busy_target_to_another_origin() {
     let home = fresh(k.addr(), p);
     // (A request's load is released just after its response is written:
     // wait until the switch reports nothing in flight.)
-    assert!(wait_until(Duration::from_secs(5), || nothing_in_flight(metrics)));
+    assert!(wait_until(Duration::from_secs(5), || nothing_in_flight(
+        metrics
+    )));
     let a = slow_in_progress(&k, &os, p);
     let b = slow_in_progress(&k, &os, p);
     assert_eq!(a.join().unwrap(), home);
-    assert_ne!(b.join().unwrap(), home, "chash did not bound the home's load");
-    assert!(wait_until(Duration::from_secs(5), || nothing_in_flight(metrics)));
+    assert_ne!(
+        b.join().unwrap(),
+        home,
+        "chash did not bound the home's load"
+    );
+    assert!(wait_until(Duration::from_secs(5), || nothing_in_flight(
+        metrics
+    )));
     assert_eq!(fresh(k.addr(), p), home, "the target came back home");
 }
 
@@ -126,7 +134,9 @@ fn lblcr_replicates_a_hot_target_onto_a_second_origin_only() {
     let first: Vec<String> = p1.into_iter().map(|t| t.join().unwrap()).collect();
     assert_eq!(first[0], first[1], "{first:?}");
     assert_ne!(first[2], first[0], "set did not grow: {first:?}");
-    assert!(wait_until(Duration::from_secs(5), || nothing_in_flight(metrics)));
+    assert!(wait_until(Duration::from_secs(5), || nothing_in_flight(
+        metrics
+    )));
     // Phase 2, two at once: the set's two members serve them, the third
     // origin never sees the target.
     let p2: Vec<_> = (0..2)

@@ -99,7 +99,7 @@ impl Scheduler for ConsistentHash {
                 continue;
             }
             let cap = (self.factor * (load + 1) * s.weight() as u64).div_ceil(100 * wsum);
-            if s.conns() as u64 + 1 <= cap {
+            if (s.conns() as u64) < cap {
                 return Some(j);
             }
         }

@@ -64,7 +64,7 @@ pub fn next_prime(n: usize) -> usize {
         }
         let mut d = 2;
         while d * d <= m {
-            if m % d == 0 {
+            if m.is_multiple_of(d) {
                 return false;
             }
             d += 1;

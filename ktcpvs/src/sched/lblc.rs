@@ -59,8 +59,7 @@ impl std::hash::Hasher for PassHasher {
     }
 }
 
-pub(crate) type KeyMap<V> =
-    DashMap<u64, V, std::hash::BuildHasherDefault<PassHasher>>;
+pub(crate) type KeyMap<V> = DashMap<u64, V, std::hash::BuildHasherDefault<PassHasher>>;
 
 /// target hash → server index, shared by all workers of a service.
 #[derive(Debug)]
@@ -308,7 +307,10 @@ mod tests {
         s[2].conns.store(60, Relaxed);
         assert!(l.at_capacity(&s, Exclude::NONE));
         s[2].up.store(false, Relaxed);
-        assert!(l.at_capacity(&s, Exclude::NONE), "down servers do not count");
+        assert!(
+            l.at_capacity(&s, Exclude::NONE),
+            "down servers do not count"
+        );
         assert!(
             !l.at_capacity(&s, Exclude::bits(0b011)),
             "no candidate at all: not a wait"

@@ -193,7 +193,12 @@ mod tests {
     use crate::sched::{req, test_servers};
 
     fn members(t: &LocalityTable, path: &[u8]) -> Vec<u16> {
-        let mut m = t.sets.get(&req(path).target_hash).unwrap().members().to_vec();
+        let mut m = t
+            .sets
+            .get(&req(path).target_hash)
+            .unwrap()
+            .members()
+            .to_vec();
         m.sort();
         m
     }

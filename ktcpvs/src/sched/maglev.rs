@@ -32,7 +32,11 @@ impl Maglev {
         self.table.clear();
         self.table.resize(m, u16::MAX);
         let live = |s: &Server| s.up.load(std::sync::atomic::Ordering::Relaxed) && s.weight() > 0;
-        let wmax = servers.iter().filter(|s| live(s)).map(|s| s.weight() as u64).max();
+        let wmax = servers
+            .iter()
+            .filter(|s| live(s))
+            .map(|s| s.weight() as u64)
+            .max();
         let Some(wmax) = wmax else {
             self.table.clear();
             return;
@@ -49,13 +53,13 @@ impl Maglev {
         };
         let mut filled = 0;
         while filled < m {
-            for j in 0..n {
-                if !live(&servers[j]) {
+            for (j, srv) in servers.iter().enumerate() {
+                if !live(srv) {
                     continue;
                 }
                 // Weighted turns: the heaviest server takes one slot each
                 // round, the others in proportion.
-                self.credit[j] += servers[j].weight() as u64;
+                self.credit[j] += srv.weight() as u64;
                 while self.credit[j] >= wmax && filled < m {
                     self.credit[j] -= wmax;
                     loop {
@@ -152,7 +156,10 @@ mod tests {
         for i in 0..100 {
             let t = format!("/{i}");
             assert_ne!(m.pick(&s, &req(t.as_bytes()), Exclude::NONE), Some(1));
-            assert_eq!(m.pick(&s, &req(t.as_bytes()), Exclude::bits(0b001)), Some(2));
+            assert_eq!(
+                m.pick(&s, &req(t.as_bytes()), Exclude::bits(0b001)),
+                Some(2)
+            );
         }
         assert_eq!(m.pick(&s, &req(b"/"), Exclude::bits(0b101)), None);
     }

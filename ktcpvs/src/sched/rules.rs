@@ -256,7 +256,10 @@ mod tests {
         assert_eq!(ex("GET", "/x/run.cgi", "x"), Exclude::bits(0b1100));
         assert_eq!(ex("GET", "/abc/42.png", "x"), Exclude::bits(0b1001));
         assert_eq!(ex("GET", "/abc/x42.png", "x"), Exclude::bits(0b1100));
-        assert_eq!(ex("GET", "/", "static.example.COM:8080"), Exclude::bits(0b1001));
+        assert_eq!(
+            ex("GET", "/", "static.example.COM:8080"),
+            Exclude::bits(0b1001)
+        );
         assert_eq!(ex("GET", "/", "other.example.com"), Exclude::bits(0b1100));
         assert_eq!(r.set_of(&subj("GET", "/", "")), DEFAULT_SET);
     }

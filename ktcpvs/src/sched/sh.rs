@@ -91,7 +91,14 @@ mod tests {
             let first = sh.pick(&s, &from(ip), Exclude::NONE).unwrap();
             // The target does not matter, only the client.
             let again = sh
-                .pick(&s, &Request { target: b"/x", ..from(ip) }, Exclude::NONE)
+                .pick(
+                    &s,
+                    &Request {
+                        target: b"/x",
+                        ..from(ip)
+                    },
+                    Exclude::NONE,
+                )
                 .unwrap();
             assert_eq!(first, again);
             count[first] += 1;
@@ -106,7 +113,9 @@ mod tests {
     fn only_the_clients_of_a_down_server_move() {
         let s = test_servers(&[1, 1, 1]);
         let mut sh = SourceHash::default();
-        let ips: Vec<[u8; 4]> = (0..300u32).map(|i| (0xc0a8_0000 + i).to_be_bytes()).collect();
+        let ips: Vec<[u8; 4]> = (0..300u32)
+            .map(|i| (0xc0a8_0000 + i).to_be_bytes())
+            .collect();
         let before: Vec<usize> = ips
             .iter()
             .map(|&ip| sh.pick(&s, &from(ip), Exclude::NONE).unwrap())
