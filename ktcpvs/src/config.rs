@@ -546,6 +546,16 @@ mod tests {
         assert_eq!(c.services[0].servers[0].high, 60);
         assert_eq!(c.limits.max_header_bytes, 16384);
         assert!(c.workers >= 1);
+        let s = &c.services[0];
+        assert_eq!(s.lblcr_shrink, Duration::from_secs(60));
+        assert_eq!((s.queue, s.queue_timeout), (1024, Duration::from_secs(5)));
+        let c = Config::from_toml(&GOOD.replace("\"wrr\"", "\"chash\"")).unwrap();
+        assert_eq!(
+            c.services[0].scheduler,
+            SchedulerKind::Chash {
+                balance_factor: 125
+            }
+        );
     }
 
     fn err(text: &str) -> String {
@@ -568,6 +578,15 @@ mod tests {
             .starts_with("limits.max_header_bytes:"));
         // unknown keys are refused too, with their name
         assert!(err(&GOOD.replace("weight = 4", "wieght = 4")).contains("wieght"));
+        // scheduler options and server sets
+        let e = err(&GOOD.replace("\"wrr\"", "\"chash\"\n[service.chash]\nbalance_factor = 50"));
+        assert!(e.starts_with("service[0].chash.balance_factor:"), "{e}");
+        let e = err(&GOOD.replace("weight = 4", "sets = [\"a b\"]"));
+        assert!(e.starts_with("service[0].server[0].sets:"), "{e}");
+        let e = err(&format!("{GOOD}\n[service.lblc]\nqueue_timeout_ms = 0\n"));
+        assert!(e.starts_with("service[0].lblc.queue_timeout_ms:"), "{e}");
+        let e = err(&format!("{GOOD}\n[service.lblc]\nshrink_s = 0\n"));
+        assert!(e.starts_with("service[0].lblc.shrink_s:"), "{e}");
         // type errors name the field's path
         let e = err(&GOOD.replace("weight = 4", "weight = -1"));
         assert!(e.starts_with("service[0].server[0].weight:"), "{e}");
