@@ -128,7 +128,7 @@ pub enum Placement {
 }
 
 /// No service server for this CLS id.
-const UNMAPPED: u8 = u8::MAX;
+const UNMAPPED: u16 = u16::MAX;
 
 /// One worker's CLS state for one service.
 pub struct ClsRt {
@@ -136,7 +136,7 @@ pub struct ClsRt {
     cfg: ClsConfig,
     /// CLS server id → service server index (or UNMAPPED); rebuilt after
     /// every (re)connection, since the CLS's table may have changed.
-    map: RefCell<Vec<u8>>,
+    map: RefCell<Vec<u16>>,
     map_epoch: Cell<u64>,
     /// This worker's in-flight connection units per service server.
     inflight: Vec<Cell<u32>>,
@@ -211,7 +211,7 @@ impl ClsRt {
             map[idx] = servers
                 .iter()
                 .position(|s| s.addr == e.addr)
-                .map_or(UNMAPPED, |i| i as u8);
+                .map_or(UNMAPPED, |i| i as u16);
         }
     }
 

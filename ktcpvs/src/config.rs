@@ -92,6 +92,28 @@ pub struct RawService {
     pub cls: Option<crate::cls::RawCls>,
     /// Cache-mode settings (`crate::cache`).
     pub cache: Option<crate::cache::RawCache>,
+    #[serde(default)]
+    pub chash: RawChash,
+    #[serde(default)]
+    pub rule: Vec<RawRule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChash {
+    pub balance_factor: Option<u32>,
+}
+
+/// One `[[service.rule]]` (checked in [`crate::sched::rules`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub path_prefix: Option<String>,
+    pub path_suffix: Option<String>,
+    pub path_regex: Option<String>,
+    pub host: Option<String>,
+    pub method: Option<String>,
+    pub set: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,6 +138,9 @@ pub struct RawPool {
 pub struct RawLblc {
     pub max_entries: Option<usize>,
     pub expire_s: Option<u64>,
+    pub shrink_s: Option<u64>,
+    pub queue: Option<usize>,
+    pub queue_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +152,7 @@ pub struct RawServer {
     pub high: Option<u32>,
     /// Load agent for dynamic feedback (ip:port).
     pub agent: Option<String>,
+    pub sets: Option<Vec<String>>,
 }
 
 // ------------------------------------------------------------ checked layer
@@ -190,6 +216,12 @@ pub struct ServiceConfig {
     pub cls: Option<crate::cls::ClsConfig>,
     /// Set in cache mode (`crate::cache`).
     pub cache: Option<crate::cache::CacheConfig>,
+    /// lblcr's K: a server set unchanged this long loses its busiest member.
+    pub lblcr_shrink: Duration,
+    /// lblc/lblcr in-flight cap: requests waiting per worker, and how long.
+    pub queue: usize,
+    pub queue_timeout: Duration,
+    pub rules: crate::sched::rules::Rules,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -214,6 +246,8 @@ pub struct ServerConfig {
     pub low: u32,
     pub high: u32,
     pub agent: Option<SocketAddr>,
+    /// Named server sets of content rules (empty: the default set).
+    pub sets: Vec<String>,
 }
 
 /// Default number of bytes from which a body is spliced rather than copied.
@@ -365,7 +399,7 @@ impl RawConfig {
                     format!("{listen} is used by another service"),
                 ));
             }
-            let scheduler = match s.scheduler.as_deref() {
+            let mut scheduler = match s.scheduler.as_deref() {
                 None => SchedulerKind::Wlc,
                 Some(name) => SchedulerKind::parse(name).ok_or_else(|| {
                     field_err(
@@ -377,6 +411,17 @@ impl RawConfig {
                     )
                 })?,
             };
+            if let Some(bf) = s.chash.balance_factor {
+                if !(100..=1000).contains(&bf) {
+                    return Err(field_err(
+                        f("chash.balance_factor"),
+                        "must be between 100 and 1000 (percent of the average load)",
+                    ));
+                }
+                if let SchedulerKind::Chash { balance_factor } = &mut scheduler {
+                    *balance_factor = bf;
+                }
+            }
             let fw = s.forwarding;
             let forwarding = Forwarding {
                 x_forwarded_for: fw.x_forwarded_for.unwrap_or(true),
@@ -411,8 +456,11 @@ impl RawConfig {
                     "at least one [[service.server]] is required",
                 ));
             }
-            if s.server.len() > 64 {
-                return Err(field_err(f("server"), "at most 64 servers per service"));
+            if s.server.len() > crate::sched::MAX_SERVERS {
+                return Err(field_err(
+                    f("server"),
+                    format!("at most {} servers per service", crate::sched::MAX_SERVERS),
+                ));
             }
             let mut servers = Vec::with_capacity(s.server.len());
             let mut addrs = HashSet::new();
@@ -455,12 +503,25 @@ impl RawConfig {
                         field_err(g("agent"), format!("not an address ip:port ({e})"))
                     })?),
                 };
+                let sets = r.sets.unwrap_or_default();
+                if let Some(bad) = sets.iter().find(|n| {
+                    n.is_empty()
+                        || !n
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                }) {
+                    return Err(field_err(
+                        g("sets"),
+                        format!("bad set name {bad:?} (letters, digits, '-', '_', '.')"),
+                    ));
+                }
                 servers.push(ServerConfig {
                     address,
                     weight,
                     low,
                     high,
                     agent,
+                    sets,
                 });
             }
             let health = s.health.check(&f("health"))?;
@@ -474,6 +535,28 @@ impl RawConfig {
                 None => None,
             };
             let cache = crate::cache::check_mode(&f(""), s.mode.as_deref(), s.cache)?;
+            let lb = &s.lblc;
+            let lblcr_shrink = Duration::from_secs(
+                lb.shrink_s
+                    .unwrap_or(crate::sched::lblcr::DEFAULT_SHRINK_S as u64),
+            );
+            if lblcr_shrink.is_zero() || lblcr_shrink.as_secs() > u32::MAX as u64 {
+                return Err(field_err(
+                    f("lblc.shrink_s"),
+                    "must be between 1 and 4294967295",
+                ));
+            }
+            let queue = lb.queue.unwrap_or(crate::sched::queue::DEFAULT_QUEUE);
+            if queue > 1_000_000 {
+                return Err(field_err(f("lblc.queue"), "must be at most 1000000"));
+            }
+            let queue_timeout = positive_ms(
+                &f("lblc.queue_timeout_ms"),
+                lb.queue_timeout_ms,
+                crate::sched::queue::DEFAULT_QUEUE_TIMEOUT_MS,
+            )?;
+            let rules =
+                crate::sched::rules::Rules::build(s.rule, &servers, &format!("service[{i}]"))?;
             services.push(ServiceConfig {
                 name,
                 listen,
@@ -487,6 +570,10 @@ impl RawConfig {
                 servers,
                 cls,
                 cache,
+                lblcr_shrink,
+                queue,
+                queue_timeout,
+                rules,
             });
         }
         Ok(Config {
@@ -538,6 +625,16 @@ mod tests {
         assert_eq!(c.admin_socket, AdminSocket::Default);
         let c = Config::from_toml(&format!("[global]\nadmin_socket = \"\"\n{GOOD}")).unwrap();
         assert_eq!(c.admin_socket, AdminSocket::Disabled);
+        let s = &c.services[0];
+        assert_eq!(s.lblcr_shrink, Duration::from_secs(60));
+        assert_eq!((s.queue, s.queue_timeout), (1024, Duration::from_secs(5)));
+        let c = Config::from_toml(&GOOD.replace("\"wrr\"", "\"chash\"")).unwrap();
+        assert_eq!(
+            c.services[0].scheduler,
+            SchedulerKind::Chash {
+                balance_factor: 125
+            }
+        );
     }
 
     fn err(text: &str) -> String {
@@ -564,6 +661,15 @@ mod tests {
             .starts_with("limits.max_header_bytes:"));
         // unknown keys are refused too, with their name
         assert!(err(&GOOD.replace("weight = 4", "wieght = 4")).contains("wieght"));
+        // scheduler options and server sets
+        let e = err(&GOOD.replace("\"wrr\"", "\"chash\"\n[service.chash]\nbalance_factor = 50"));
+        assert!(e.starts_with("service[0].chash.balance_factor:"), "{e}");
+        let e = err(&GOOD.replace("weight = 4", "sets = [\"a b\"]"));
+        assert!(e.starts_with("service[0].server[0].sets:"), "{e}");
+        let e = err(&format!("{GOOD}\n[service.lblc]\nqueue_timeout_ms = 0\n"));
+        assert!(e.starts_with("service[0].lblc.queue_timeout_ms:"), "{e}");
+        let e = err(&format!("{GOOD}\n[service.lblc]\nshrink_s = 0\n"));
+        assert!(e.starts_with("service[0].lblc.shrink_s:"), "{e}");
         // type errors name the field's path
         let e = err(&GOOD.replace("weight = 4", "weight = -1"));
         assert!(e.starts_with("service[0].server[0].weight:"), "{e}");

@@ -123,7 +123,8 @@ async fn client_loop(
         // version of the service: the connection may have been idle
         // across a change).
         w.current(&mut s, &mut seen);
-        if !crate::proxy::exchange(w, &s, client, bufs, &head).await || w.shutting_down() {
+        if !crate::proxy::exchange(w, &s, client, bufs, &head, peer.ip()).await || w.shutting_down()
+        {
             return;
         }
     }

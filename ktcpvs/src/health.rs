@@ -702,11 +702,11 @@ mod tests {
             let mut sched = kind.build(&table);
             for i in 0..50 {
                 let t = format!("/t{i}");
-                let got = sched.pick(&servers, &req(t.as_bytes()), Exclude(0));
+                let got = sched.pick(&servers, &req(t.as_bytes()), Exclude::NONE);
                 assert_eq!(got, Some(0), "{}", kind.name());
             }
             servers[0].set_weight(0);
-            let got = sched.pick(&servers, &req(b"/x"), Exclude(0));
+            let got = sched.pick(&servers, &req(b"/x"), Exclude::NONE);
             assert_eq!(got, None, "{}: nothing schedulable", kind.name());
         }
     }

@@ -55,6 +55,8 @@ counters! {
     cls_origin_total: "Cacheable requests the CLS sent to the origin (ORIGIN).",
     cache_bypass_total: "Non-cacheable requests (cache mode) sent to the origin.",
     origin_requests_total: "Requests forwarded to an origin server (cache mode).",
+    queued_total: "Requests that waited for the lblc/lblcr in-flight cap (every server at its high threshold).",
+    queue_rejected_total: "Requests answered 503 after the in-flight cap's queue was full or its wait timed out.",
 }
 
 /// What the metrics endpoint reads.
@@ -98,12 +100,20 @@ impl Registry {
             }
         }
         crate::health::render_metrics(&mut out, services.iter().map(|(n, s, _)| (n.as_str(), *s)));
-        out.push_str("# HELP ktcpvs_locality_entries Entries of the lblc locality table.\n# TYPE ktcpvs_locality_entries gauge\n");
+        out.push_str("# HELP ktcpvs_locality_entries Entries of the locality table (lblc targets, lblcr server sets).\n# TYPE ktcpvs_locality_entries gauge\n");
         for (name, _, t) in &services {
             let _ = writeln!(
                 out,
                 "ktcpvs_locality_entries{{service=\"{name}\"}} {}",
                 t.len()
+            );
+        }
+        out.push_str("# HELP ktcpvs_locality_reassigned_total Targets moved to another server (lblc) or sets grown (lblcr) because of imbalance.\n# TYPE ktcpvs_locality_reassigned_total counter\n");
+        for (name, _, t) in &services {
+            let _ = writeln!(
+                out,
+                "ktcpvs_locality_reassigned_total{{service=\"{name}\"}} {}",
+                t.reassigned.load(Relaxed)
             );
         }
         out

@@ -18,7 +18,9 @@ use crate::http::chunked::ChunkedScanner;
 use crate::http::request::RequestHead;
 use crate::http::response::{self, ClientView};
 use crate::http::Body;
-use crate::sched::{target_hash, Exclude, Request, Server};
+use crate::sched::queue::{Admit, WaitQueue};
+use crate::sched::rules::Subject;
+use crate::sched::{target_hash, Request, Server};
 use crate::uring::{
     poll, read_append, set_nonblocking, set_rcvlowat, splice_nb, write_range, Pipe,
 };
@@ -47,20 +49,22 @@ pub(crate) struct Done {
     pub(crate) keep_client: bool,
 }
 
-/// Counts a request's cost on its server while the exchange runs.
-struct LoadGuard<'a>(&'a Server, u32);
+/// Counts a request's cost on its server while the exchange runs; its end
+/// wakes a request waiting for the in-flight cap on this worker.
+struct LoadGuard<'a>(&'a Server, u32, &'a WaitQueue);
 
 impl<'a> LoadGuard<'a> {
-    fn new(s: &'a Server, cost: u32) -> Self {
+    fn new(s: &'a Server, cost: u32, q: &'a WaitQueue) -> Self {
         s.conns.fetch_add(cost, Relaxed);
         s.requests.fetch_add(1, Relaxed);
-        LoadGuard(s, cost)
+        LoadGuard(s, cost, q)
     }
 }
 
 impl Drop for LoadGuard<'_> {
     fn drop(&mut self) {
         self.0.conns.fetch_sub(self.1, Relaxed);
+        self.2.finished();
     }
 }
 
@@ -74,6 +78,7 @@ pub async fn exchange(
     client: &Rc<TcpStream>,
     bufs: &mut Bufs,
     head: &RequestHead,
+    peer: std::net::IpAddr,
 ) -> bool {
     let hash = target_hash(&bufs.cb[head.target.0..head.target.1]);
     let view = ClientView {
@@ -83,7 +88,14 @@ pub async fn exchange(
         via: s.cfg.forwarding.via,
     };
     let retryable = head.body == Body::None && head.method.idempotent();
-    let mut exclude = Exclude(0);
+    // Content rules (§6.3.6): servers outside the request's set are
+    // excluded from every decision.
+    let mut exclude = s.cfg.rules.route(&Subject {
+        path: &bufs.cb[head.target.0..head.target.1],
+        host: &bufs.cb[head.host.0..head.host.1],
+        method: &bufs.cb[head.method_name.0..head.method_name.1],
+    });
+    let mut tried = false;
     let mut force_fresh = false;
     let mut retried = false;
     // Cache mode / CLS (crate::cache, crate::cls): maybe a placement for
@@ -103,12 +115,23 @@ pub async fn exchange(
         }
     }
     loop {
+        // The lblc/lblcr in-flight cap: beyond Σhigh, wait for room.
+        let full = || s.sched.borrow().at_capacity(&s.servers, exclude);
+        if full() {
+            w.stats.queued_total.fetch_add(1, Relaxed);
+            if s.queue.wait(full).await != Admit::Go {
+                w.stats.queue_rejected_total.fetch_add(1, Relaxed);
+                reply_error(w, client, 503).await;
+                return false;
+            }
+        }
         let picked = if let Some(i) = placed.take().filter(|&i| !exclude.has(i)) {
             Some(i)
         } else {
             let req = Request {
                 target: &bufs.cb[head.target.0..head.target.1],
                 target_hash: hash,
+                peer,
             };
             if s.servers.is_empty() {
                 None // a service emptied at runtime (tcpvsadm -d)
@@ -117,7 +140,7 @@ pub async fn exchange(
             }
         };
         let Some(i) = picked else {
-            let status = if exclude.0 == 0 { 503 } else { 502 };
+            let status = if tried { 502 } else { 503 };
             reply_error(w, client, status).await;
             return false;
         };
@@ -151,13 +174,14 @@ pub async fn exchange(
                     w.stats.server_connect_errors_total.fetch_add(1, Relaxed);
                     crate::health::passive_connect_failure(&s.cfg.name, server, &e);
                     exclude.add(i);
+                    tried = true;
                     force_fresh = false;
                     continue;
                 }
             },
         };
         force_fresh = false;
-        let _load = LoadGuard::new(server, head.cost());
+        let _load = LoadGuard::new(server, head.cost(), &s.queue);
         if s.cfg.feedback.enabled {
             // Dynamic feedback's INPUT indicator.
             server.health.picks.fetch_add(1, Relaxed);
@@ -191,6 +215,7 @@ pub async fn exchange(
                     force_fresh = true;
                 } else {
                     exclude.add(i);
+                    tried = true;
                 }
                 continue;
             }

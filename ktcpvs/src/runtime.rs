@@ -32,8 +32,8 @@ use crate::config::{Config, RawConfig, RawServer, RawService, ServerConfig, Serv
 use crate::sched::lblc::LocalityTable;
 use crate::sched::{SchedulerKind, Server, ServerSet};
 
-/// Most servers a service may have (the retry exclusion set is a u64).
-pub const MAX_SERVERS: usize = 64;
+/// Most servers a service may have (the size of the exclusion bitset).
+pub use crate::sched::MAX_SERVERS;
 
 /// Counters of one service that survive its versions.
 #[derive(Debug, Default)]
@@ -117,6 +117,11 @@ fn bind_reuseport(addr: SocketAddr, transparent: bool) -> std::io::Result<std::n
     s.bind(&addr.into())?;
     s.listen(4096)?;
     Ok(s.into())
+}
+
+/// A service's locality table (lblc's slots are sized only for lblc).
+fn new_table(cfg: &ServiceConfig) -> LocalityTable {
+    LocalityTable::for_kind(cfg.scheduler, cfg.lblc_max_entries).with_shrink(cfg.lblcr_shrink)
 }
 
 /// Server settings as tcpvsadm gives them (unset: keep, or the default).
@@ -234,7 +239,7 @@ impl Runtime {
             id: self.next_service_id.fetch_add(1, Relaxed),
             addr,
             servers: servers.into(),
-            table: Arc::new(LocalityTable::new(cfg.lblc_max_entries)),
+            table: Arc::new(new_table(&cfg)),
             cfg,
             listeners: Arc::new(Mutex::new(ls)),
             closed: Arc::new(watch::channel(false).0),
@@ -245,13 +250,22 @@ impl Runtime {
     /// The next version of `old` with this configuration and server list.
     /// The locality table (target → server index) is kept while the old
     /// indices stay valid (servers only appended).
-    fn derive(old: &ServiceShared, cfg: ServiceConfig, servers: Vec<Server>) -> Arc<ServiceShared> {
+    fn derive(
+        old: &ServiceShared,
+        mut cfg: ServiceConfig,
+        servers: Vec<Server>,
+    ) -> Arc<ServiceShared> {
+        // Content rules hold server-index masks: recompute them.
+        cfg.rules = cfg.rules.remap(&cfg.servers);
         let prefix = old.servers.len() <= servers.len()
             && old.servers.iter().zip(&servers).all(|(a, b)| a.id == b.id);
-        let table = if prefix && old.cfg.lblc_max_entries == cfg.lblc_max_entries {
+        let same_table = old.cfg.lblc_max_entries == cfg.lblc_max_entries
+            && (old.cfg.scheduler == SchedulerKind::Lblc) == (cfg.scheduler == SchedulerKind::Lblc)
+            && old.cfg.lblcr_shrink == cfg.lblcr_shrink;
+        let table = if prefix && same_table {
             old.table.clone()
         } else {
-            Arc::new(LocalityTable::new(cfg.lblc_max_entries))
+            Arc::new(new_table(&cfg))
         };
         Arc::new(ServiceShared {
             id: old.id,
@@ -345,12 +359,15 @@ impl Runtime {
                     mode: None,
                     cls: None,
                     cache: None,
+                    chash: Default::default(),
+                    rule: Vec::new(),
                     server: vec![RawServer {
                         address: Some("127.0.0.1:1".into()),
                         weight: None,
                         low: None,
                         high: None,
                         agent: None,
+                        sets: None,
                     }],
                 }],
                 ..Default::default()
@@ -425,6 +442,7 @@ impl Runtime {
                 low: a.low.unwrap_or(30),
                 high: a.high.unwrap_or(60),
                 agent: None,
+                sets: Vec::new(),
             };
             check_server(&r)?;
             let mut cfg = old.cfg.clone();

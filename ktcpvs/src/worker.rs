@@ -40,6 +40,9 @@ pub struct ServiceRt {
     /// Shared by every version of the service on this worker, keyed by
     /// server id.
     pub pool: Rc<RefCell<Pool>>,
+    /// Requests waiting for the lblc/lblcr in-flight cap on this worker;
+    /// shared by every version of the service on this worker.
+    pub queue: Rc<crate::sched::queue::WaitQueue>,
     /// Host header for HTTP/1.0 requests that carry none.
     pub default_host: Vec<u8>,
     /// This worker's CLS client for the service (`[service.cls]`).
@@ -74,6 +77,15 @@ impl ServiceRt {
             table: sh.table.clone(),
             sched: RefCell::new(sh.cfg.scheduler.build(&sh.table)),
             pool,
+            queue: match old {
+                Some(o) if o.queue.settings() == (sh.cfg.queue, sh.cfg.queue_timeout) => {
+                    o.queue.clone()
+                }
+                _ => Rc::new(crate::sched::queue::WaitQueue::new(
+                    sh.cfg.queue,
+                    sh.cfg.queue_timeout,
+                )),
+            },
             default_host: sh.cfg.listen.to_string().into_bytes(),
             cls: sh.cfg.cls.as_ref().map(|c| {
                 let reuse = old.and_then(|o| o.cls.as_ref()).map(|o| o.client());
@@ -352,6 +364,9 @@ async fn housekeeping(w: Rc<Worker>) {
         tick += 1;
         let mut idle = 0;
         for s in w.services.borrow().iter() {
+            if w.id == 0 {
+                s.table.tick();
+            }
             // With active health checks only the probes readmit a server.
             if w.id == 0 && !s.cfg.health.enabled {
                 for srv in s.servers.iter() {

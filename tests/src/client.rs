@@ -161,6 +161,26 @@ impl RawClient {
 
     pub fn try_connect(addr: SocketAddr) -> std::io::Result<Self> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        Self::from_stream(stream)
+    }
+
+    /// Connects from the loopback address `src` (any of 127.0.0.0/8), so a
+    /// test can play several clients.
+    pub fn connect_from(addr: SocketAddr, src: std::net::IpAddr) -> Self {
+        let connect = || -> std::io::Result<Self> {
+            let s = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                None,
+            )?;
+            s.bind(&SocketAddr::new(src, 0).into())?;
+            s.connect_timeout(&addr.into(), Duration::from_secs(5))?;
+            Self::from_stream(s.into())
+        };
+        connect().unwrap_or_else(|e| panic!("connect from {src} to {addr}: {e}"))
+    }
+
+    fn from_stream(stream: TcpStream) -> std::io::Result<Self> {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(DEFAULT_TIMEOUT))?;
         stream.set_write_timeout(Some(Duration::from_secs(30)))?;

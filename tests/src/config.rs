@@ -14,6 +14,8 @@ pub struct Server {
     pub high: u32,
     /// Load agent address (dynamic feedback).
     pub agent: Option<SocketAddr>,
+    /// Server sets of content rules (`sets = [...]`); empty: default set.
+    pub sets: Vec<String>,
 }
 
 impl Server {
@@ -24,7 +26,19 @@ impl Server {
             low: 30,
             high: 60,
             agent: None,
+            sets: Vec::new(),
         }
+    }
+
+    pub fn thresholds(mut self, low: u32, high: u32) -> Self {
+        self.low = low;
+        self.high = high;
+        self
+    }
+
+    pub fn sets(mut self, sets: &[&str]) -> Self {
+        self.sets = sets.iter().map(|s| s.to_string()).collect();
+        self
     }
 
     pub fn weight(mut self, w: u32) -> Self {
@@ -152,6 +166,10 @@ impl Config {
                 );
                 if let Some(a) = srv.agent {
                     let _ = writeln!(s, "agent = \"{a}\"");
+                }
+                if !srv.sets.is_empty() {
+                    let names: Vec<String> = srv.sets.iter().map(|n| format!("{n:?}")).collect();
+                    let _ = writeln!(s, "sets = [{}]", names.join(", "));
                 }
                 s.push('\n');
             }

@@ -65,6 +65,10 @@ pub struct RequestHead {
     pub target: (usize, usize),
     /// A query string makes the request dynamic (§6.3.5): it costs 2 units.
     pub dynamic: bool,
+    /// Range of the method token and of the Host value (empty if none) in
+    /// the buffer, for content rules.
+    pub method_name: (usize, usize),
+    pub host: (usize, usize),
 }
 
 impl RequestHead {
@@ -140,6 +144,7 @@ pub fn parse(
     let mut content_length: Option<u64> = None;
     let mut te: Option<&[u8]> = None;
     let mut has_host = false;
+    let mut host = (0, 0);
     let mut expect_continue = false;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
@@ -163,6 +168,9 @@ pub fn parse(
                 return Err(RequestError::Bad("repeated Host"));
             }
             has_host = true;
+            let v = trim(v);
+            let at = offset_in(buf, v);
+            host = (at, at + v.len());
         } else if name.eq_ignore_ascii_case(b"expect") {
             if trim(v).eq_ignore_ascii_case(b"100-continue") {
                 expect_continue = true;
@@ -282,6 +290,11 @@ pub fn parse(
         expect_continue: expect_continue && body != Body::None,
         target,
         dynamic,
+        method_name: {
+            let at = offset_in(buf, method_s.as_bytes());
+            (at, at + method_s.len())
+        },
+        host,
     }))
 }
 

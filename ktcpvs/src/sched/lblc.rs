@@ -7,9 +7,16 @@
 //!      or n.conns >= 2 * n.high:        n = least-connection node
 //! server[target] = n
 //! ```
-//! The table is shared by every worker (a sharded [`DashMap`], no global
-//! lock), bounded by `max_entries`, and entries unused for `expire` are
-//! swept by [`LocalityTable::expire`], which a worker calls periodically.
+//! The table is shared by every worker without a lock (lock-free
+//! cache-line buckets, [`super::slots`]), bounded by `max_entries`, and
+//! entries unused for `expire` are swept by [`LocalityTable::expire`],
+//! which a worker calls periodically.
+//! The same table holds lblcr's target → server-set entries
+//! ([`super::lblcr`]); a service uses one kind or the other.
+//!
+//! In-flight work is capped at Σhigh of the service: when every allowed
+//! server is at its high threshold, [`Scheduler::at_capacity`] says so and
+//! the request waits in the worker's queue ([`super::queue`]).
 
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
@@ -20,19 +27,50 @@ use dashmap::DashMap;
 use super::wlc::least_loaded;
 use super::{Exclude, Request, Scheduler, Server};
 
+/// The clock of a table: whole seconds, real or set by a test. The real
+/// one is coarse: [`LocalityTable::tick`] (called every second by a
+/// worker's housekeeping) stores the time, so a decision reads one atomic
+/// instead of calling clock_gettime.
 #[derive(Debug)]
-struct Entry {
-    server: u32,
-    /// Seconds since the table was created, at last use.
-    used: AtomicU32,
+enum Clock {
+    Real { epoch: Instant, now: AtomicU32 },
+    Manual(AtomicU32),
 }
+
+/// The keys are already hashes of the target: only mix them (hashbrown
+/// and the shard choice use different bits), skipping SipHash.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PassHasher(u64);
+
+impl std::hash::Hasher for PassHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        super::hashing::mix64(self.0)
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) ^ b as u64;
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+pub(crate) type KeyMap<V> = DashMap<u64, V, std::hash::BuildHasherDefault<PassHasher>>;
 
 /// target hash → server index, shared by all workers of a service.
 #[derive(Debug)]
 pub struct LocalityTable {
-    map: DashMap<u64, Entry>,
-    max_entries: usize,
-    epoch: Instant,
+    map: super::slots::Slots,
+    /// lblcr: target hash → server set.
+    pub(crate) sets: KeyMap<super::lblcr::SetEntry>,
+    pub(crate) max_entries: usize,
+    /// lblcr: a set unchanged for this long loses its busiest member.
+    pub(crate) shrink_after_s: u32,
+    clock: Clock,
     /// Number of re-assignments because of imbalance (a metric).
     pub reassigned: std::sync::atomic::AtomicU64,
 }
@@ -40,60 +78,97 @@ pub struct LocalityTable {
 impl LocalityTable {
     pub fn new(max_entries: usize) -> LocalityTable {
         LocalityTable {
-            map: DashMap::with_shard_amount(64),
+            map: super::slots::Slots::new(max_entries),
+            sets: DashMap::with_hasher_and_shard_amount(Default::default(), 64),
             max_entries,
-            epoch: Instant::now(),
+            shrink_after_s: super::lblcr::DEFAULT_SHRINK_S,
+            clock: Clock::Real {
+                epoch: Instant::now(),
+                now: AtomicU32::new(0),
+            },
             reassigned: Default::default(),
         }
     }
 
-    fn now(&self) -> u32 {
-        self.epoch.elapsed().as_secs() as u32
+    /// The table of a service using `kind`: lblc's slot array (fixed
+    /// memory, ~16 bytes per entry) is allocated only for lblc.
+    pub fn for_kind(kind: super::SchedulerKind, max_entries: usize) -> LocalityTable {
+        let mut t = LocalityTable::new(if kind == super::SchedulerKind::Lblc {
+            max_entries
+        } else {
+            1
+        });
+        t.max_entries = max_entries;
+        t
     }
 
+    /// lblcr's K: seconds without change after which a server set shrinks.
+    pub fn with_shrink(mut self, after: Duration) -> LocalityTable {
+        self.shrink_after_s = after.as_secs().min(u32::MAX as u64) as u32;
+        self
+    }
+
+    /// A table whose clock only moves with [`LocalityTable::advance`].
+    pub fn with_manual_clock(mut self) -> LocalityTable {
+        self.clock = Clock::Manual(AtomicU32::new(0));
+        self
+    }
+
+    /// Moves a manual clock forward (no effect on a real one).
+    pub fn advance(&self, secs: u32) {
+        if let Clock::Manual(t) = &self.clock {
+            t.fetch_add(secs, Relaxed);
+        }
+    }
+
+    /// Brings the coarse real clock up to date (no effect on a manual one).
+    pub fn tick(&self) {
+        if let Clock::Real { epoch, now } = &self.clock {
+            now.store(epoch.elapsed().as_secs() as u32, Relaxed);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn now(&self) -> u32 {
+        match &self.clock {
+            Clock::Real { now, .. } => now.load(Relaxed),
+            Clock::Manual(t) => t.load(Relaxed),
+        }
+    }
+
+    /// Entries held: targets (lblc) plus server sets (lblcr).
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.map.len() + self.sets.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.is_empty() && self.sets.is_empty()
     }
 
+    /// Bytes of lblc's slot array (fixed at start).
+    pub fn slot_bytes(&self) -> usize {
+        self.map.bytes()
+    }
+
+    #[inline]
     fn get(&self, key: u64) -> Option<usize> {
-        self.map.get(&key).map(|e| {
-            e.used.store(self.now(), Relaxed);
-            e.server as usize
-        })
+        self.map.get(key, self.now())
     }
 
     fn set(&self, key: u64, server: usize) {
-        let now = self.now();
-        if let Some(mut e) = self.map.get_mut(&key) {
-            e.server = server as u32;
-            e.used.store(now, Relaxed);
-            return;
-        }
-        // Bounded: when full, the target is scheduled but not remembered
-        // until the next sweep frees room.
-        if self.map.len() < self.max_entries {
-            self.map.insert(
-                key,
-                Entry {
-                    server: server as u32,
-                    used: AtomicU32::new(now),
-                },
-            );
-        }
+        self.map.set(key, server, self.now());
     }
 
     /// Drops entries not used for `older_than`; returns how many.
     pub fn expire(&self, older_than: Duration) -> usize {
+        self.tick();
         let now = self.now();
-        let limit = older_than.as_secs().min(u32::MAX as u64) as u32;
-        let before = self.map.len();
-        self.map
+        let limit = older_than.as_secs().min(super::slots::MAX_AGE_S as u64) as u32;
+        let before = self.len();
+        self.map.expire(limit, now);
+        self.sets
             .retain(|_, e| now.saturating_sub(e.used.load(Relaxed)) < limit);
-        before - self.map.len()
+        before - self.len()
     }
 }
 
@@ -108,7 +183,7 @@ impl Lblc {
 }
 
 /// The thesis' imbalance test for the node currently holding a target.
-fn overloaded(n: &Server, servers: &[Server], exclude: Exclude) -> bool {
+pub(crate) fn overloaded(n: &Server, servers: &[Server], exclude: Exclude) -> bool {
     let (c, high) = (n.conns(), n.high.load(Relaxed));
     if c >= 2 * high {
         return true;
@@ -142,6 +217,28 @@ impl Scheduler for Lblc {
             }
         }
     }
+
+    fn at_capacity(&self, servers: &[Server], exclude: Exclude) -> bool {
+        at_high(servers, exclude)
+    }
+}
+
+/// The in-flight cap (Σhigh): true when some server could take the
+/// request (available, not excluded) but every such server is at or
+/// above its high threshold. With no candidate at all it is false: the
+/// request is answered 503 at once rather than queued for nothing.
+pub fn at_high(servers: &[Server], exclude: Exclude) -> bool {
+    let mut any = false;
+    for (j, s) in servers.iter().enumerate() {
+        if !s.available() || exclude.has(j) {
+            continue;
+        }
+        if s.conns() < s.high.load(Relaxed) {
+            return false;
+        }
+        any = true;
+    }
+    any
 }
 
 #[cfg(test)]
@@ -155,13 +252,13 @@ mod tests {
         let t = Arc::new(LocalityTable::new(100));
         let mut a = Lblc::new(t.clone());
         let mut b = Lblc::new(t.clone()); // another worker, same table
-        let first = a.pick(&s, &req(b"/a"), Exclude(0)).unwrap();
+        let first = a.pick(&s, &req(b"/a"), Exclude::NONE).unwrap();
         s[first].conns.fetch_add(5, Relaxed);
         for _ in 0..10 {
-            assert_eq!(b.pick(&s, &req(b"/a"), Exclude(0)), Some(first));
+            assert_eq!(b.pick(&s, &req(b"/a"), Exclude::NONE), Some(first));
         }
         // a new target goes to a least-loaded node, not the busy one
-        let other = a.pick(&s, &req(b"/b"), Exclude(0)).unwrap();
+        let other = a.pick(&s, &req(b"/b"), Exclude::NONE).unwrap();
         assert_ne!(other, first);
         assert_eq!(t.len(), 2);
     }
@@ -171,18 +268,18 @@ mod tests {
         let s = test_servers(&[1, 1]);
         let t = Arc::new(LocalityTable::new(100));
         let mut l = Lblc::new(t.clone());
-        assert_eq!(l.pick(&s, &req(b"/x"), Exclude(0)), Some(0));
+        assert_eq!(l.pick(&s, &req(b"/x"), Exclude::NONE), Some(0));
         s[0].conns.store(61, Relaxed); // > high (60)
         s[1].conns.store(29, Relaxed); // < low (30)
-        assert_eq!(l.pick(&s, &req(b"/x"), Exclude(0)), Some(1));
+        assert_eq!(l.pick(&s, &req(b"/x"), Exclude::NONE), Some(1));
         assert_eq!(t.reassigned.load(Relaxed), 1);
         // over high but nobody under low: stays
         s[1].conns.store(61, Relaxed);
         s[0].conns.store(31, Relaxed);
-        assert_eq!(l.pick(&s, &req(b"/x"), Exclude(0)), Some(1));
+        assert_eq!(l.pick(&s, &req(b"/x"), Exclude::NONE), Some(1));
         // at 2*high it moves regardless
         s[1].conns.store(120, Relaxed);
-        assert_eq!(l.pick(&s, &req(b"/x"), Exclude(0)), Some(0));
+        assert_eq!(l.pick(&s, &req(b"/x"), Exclude::NONE), Some(0));
     }
 
     #[test]
@@ -191,7 +288,7 @@ mod tests {
         let t = Arc::new(LocalityTable::new(2));
         let mut l = Lblc::new(t.clone());
         for p in [&b"/1"[..], b"/2", b"/3"] {
-            assert_eq!(l.pick(&s, &req(p), Exclude(0)), Some(0));
+            assert_eq!(l.pick(&s, &req(p), Exclude::NONE), Some(0));
         }
         assert_eq!(t.len(), 2);
         assert_eq!(t.expire(Duration::ZERO), 2);
@@ -199,12 +296,48 @@ mod tests {
     }
 
     #[test]
+    fn capacity_is_sigma_high_over_allowed_servers() {
+        let s = test_servers(&[1, 1, 1]);
+        let l = Lblc::new(Arc::new(LocalityTable::new(10)));
+        assert!(!l.at_capacity(&s, Exclude::NONE));
+        s[0].conns.store(60, Relaxed);
+        s[1].conns.store(61, Relaxed);
+        assert!(!l.at_capacity(&s, Exclude::NONE), "server 2 has room");
+        assert!(l.at_capacity(&s, Exclude::bits(0b100)), "2 excluded");
+        s[2].conns.store(60, Relaxed);
+        assert!(l.at_capacity(&s, Exclude::NONE));
+        s[2].up.store(false, Relaxed);
+        assert!(
+            l.at_capacity(&s, Exclude::NONE),
+            "down servers do not count"
+        );
+        assert!(
+            !l.at_capacity(&s, Exclude::bits(0b011)),
+            "no candidate at all: not a wait"
+        );
+    }
+
+    #[test]
+    fn manual_clock_expires_only_idle_entries() {
+        let s = test_servers(&[1, 1]);
+        let t = Arc::new(LocalityTable::new(10).with_manual_clock());
+        let mut l = Lblc::new(t.clone());
+        l.pick(&s, &req(b"/old"), Exclude::NONE);
+        t.advance(5);
+        l.pick(&s, &req(b"/new"), Exclude::NONE);
+        assert_eq!(t.expire(Duration::from_secs(5)), 1);
+        assert_eq!(t.len(), 1);
+        t.advance(4);
+        assert_eq!(t.expire(Duration::from_secs(5)), 0);
+    }
+
+    #[test]
     fn down_holder_is_replaced() {
         let s = test_servers(&[1, 1]);
         let t = Arc::new(LocalityTable::new(10));
         let mut l = Lblc::new(t);
-        assert_eq!(l.pick(&s, &req(b"/d"), Exclude(0)), Some(0));
+        assert_eq!(l.pick(&s, &req(b"/d"), Exclude::NONE), Some(0));
         s[0].up.store(false, Relaxed);
-        assert_eq!(l.pick(&s, &req(b"/d"), Exclude(0)), Some(1));
+        assert_eq!(l.pick(&s, &req(b"/d"), Exclude::NONE), Some(1));
     }
 }

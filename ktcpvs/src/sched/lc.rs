@@ -35,7 +35,7 @@ mod tests {
         s[1].conns.store(2, Relaxed);
         s[2].conns.store(2, Relaxed);
         let mut lc = LeastConnection;
-        assert_eq!(lc.pick(&s, &req(b"/"), Exclude(0)), Some(1));
-        assert_eq!(lc.pick(&s, &req(b"/"), Exclude(0b010)), Some(2));
+        assert_eq!(lc.pick(&s, &req(b"/"), Exclude::NONE), Some(1));
+        assert_eq!(lc.pick(&s, &req(b"/"), Exclude::bits(0b010)), Some(2));
     }
 }

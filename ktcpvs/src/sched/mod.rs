@@ -5,13 +5,21 @@
 //! servers' in-flight counts and the lblc locality table — lives in
 //! [`ServerSet`] and [`lblc::LocalityTable`], read without a global lock.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 
+pub mod chash;
+pub mod hashing;
 pub mod lblc;
+pub mod lblcr;
 pub mod lc;
+pub mod maglev;
+pub mod queue;
 pub mod rr;
+pub mod rules;
+pub mod sh;
+pub mod slots;
 pub mod wlc;
 pub mod wrr;
 
@@ -120,19 +128,46 @@ impl Server {
 /// The servers of one virtual service, shared by all workers.
 pub type ServerSet = Arc<[Server]>;
 
-/// A bit per server index (services have at most 64 servers): the servers
-/// already tried for this request, which a retry must avoid.
+/// Most servers one service may have (the width of [`Exclude`]).
+pub const MAX_SERVERS: usize = 512;
+
+/// A bit per server index: the servers a decision must avoid — those
+/// already tried for this request (a retry) and those outside the server
+/// set a content rule chose. A fixed 64-byte bitset: copied, never
+/// allocated.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Exclude(pub u64);
+pub struct Exclude([u64; MAX_SERVERS / 64]);
 
 impl Exclude {
+    /// Nothing excluded.
+    pub const NONE: Exclude = Exclude([0; MAX_SERVERS / 64]);
+
+    /// The servers 0..64 given as a bit mask (tests, small services).
+    pub const fn bits(low: u64) -> Exclude {
+        let mut e = Exclude::NONE;
+        e.0[0] = low;
+        e
+    }
     #[inline]
     pub fn has(self, i: usize) -> bool {
-        self.0 & (1u64 << i) != 0
+        i >= MAX_SERVERS || self.0[i / 64] & (1u64 << (i % 64)) != 0
     }
     #[inline]
     pub fn add(&mut self, i: usize) {
-        self.0 |= 1u64 << i;
+        if i < MAX_SERVERS {
+            self.0[i / 64] |= 1u64 << (i % 64);
+        }
+    }
+    #[inline]
+    pub fn union(mut self, other: Exclude) -> Exclude {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a |= b;
+        }
+        self
+    }
+    #[inline]
+    pub fn is_empty(self) -> bool {
+        self.0.iter().all(|&w| w == 0)
     }
 }
 
@@ -143,6 +178,8 @@ pub struct Request<'a> {
     pub target: &'a [u8],
     /// Hash of `target`, computed once per request.
     pub target_hash: u64,
+    /// The client's address (source hashing).
+    pub peer: IpAddr,
 }
 
 /// A scheduling algorithm. `pick` returns an index into the service's
@@ -150,6 +187,13 @@ pub struct Request<'a> {
 /// server can take the request.
 pub trait Scheduler {
     fn pick(&mut self, servers: &[Server], req: &Request<'_>, exclude: Exclude) -> Option<usize>;
+
+    /// True when the service is at its in-flight cap and a request should
+    /// wait (see [`queue`]) instead of being scheduled now. Only lblc and
+    /// lblcr have a cap (every allowed server at its high threshold).
+    fn at_capacity(&self, _servers: &[Server], _exclude: Exclude) -> bool {
+        false
+    }
 }
 
 /// The configured algorithm of a service.
@@ -160,10 +204,17 @@ pub enum SchedulerKind {
     Lc,
     Wlc,
     Lblc,
+    Lblcr,
+    Sh,
+    /// Consistent hashing with bounded loads; the factor in percent.
+    Chash {
+        balance_factor: u32,
+    },
+    Maglev,
 }
 
 impl SchedulerKind {
-    pub const NAMES: &'static str = "rr, wrr, lc, wlc, lblc";
+    pub const NAMES: &'static str = "rr, wrr, lc, wlc, lblc, lblcr, sh, chash, maglev";
 
     pub fn parse(s: &str) -> Option<SchedulerKind> {
         Some(match s {
@@ -172,6 +223,12 @@ impl SchedulerKind {
             "lc" => SchedulerKind::Lc,
             "wlc" => SchedulerKind::Wlc,
             "lblc" => SchedulerKind::Lblc,
+            "lblcr" => SchedulerKind::Lblcr,
+            "sh" => SchedulerKind::Sh,
+            "chash" => SchedulerKind::Chash {
+                balance_factor: chash::DEFAULT_BALANCE_FACTOR,
+            },
+            "maglev" => SchedulerKind::Maglev,
             _ => return None,
         })
     }
@@ -183,11 +240,21 @@ impl SchedulerKind {
             SchedulerKind::Lc => "lc",
             SchedulerKind::Wlc => "wlc",
             SchedulerKind::Lblc => "lblc",
+            SchedulerKind::Lblcr => "lblcr",
+            SchedulerKind::Sh => "sh",
+            SchedulerKind::Chash { .. } => "chash",
+            SchedulerKind::Maglev => "maglev",
         }
     }
 
+    /// Whether the service's in-flight work is capped at Σhigh (requests
+    /// beyond it wait in the per-worker queue).
+    pub fn capped(self) -> bool {
+        matches!(self, SchedulerKind::Lblc | SchedulerKind::Lblcr)
+    }
+
     /// A per-worker instance; `table` is the service's shared locality table
-    /// (used by lblc only).
+    /// (used by lblc and lblcr only).
     pub fn build(self, table: &Arc<lblc::LocalityTable>) -> Box<dyn Scheduler> {
         match self {
             SchedulerKind::Rr => Box::new(rr::RoundRobin::default()),
@@ -195,6 +262,12 @@ impl SchedulerKind {
             SchedulerKind::Lc => Box::new(lc::LeastConnection),
             SchedulerKind::Wlc => Box::new(wlc::WeightedLeastConnection),
             SchedulerKind::Lblc => Box::new(lblc::Lblc::new(table.clone())),
+            SchedulerKind::Lblcr => Box::new(lblcr::Lblcr::new(table.clone())),
+            SchedulerKind::Sh => Box::new(sh::SourceHash::default()),
+            SchedulerKind::Chash { balance_factor } => {
+                Box::new(chash::ConsistentHash::new(balance_factor))
+            }
+            SchedulerKind::Maglev => Box::new(maglev::Maglev::default()),
         }
     }
 }
@@ -232,5 +305,6 @@ pub(crate) fn req(target: &[u8]) -> Request<'_> {
     Request {
         target,
         target_hash: target_hash(target),
+        peer: IpAddr::from([127, 0, 0, 1]),
     }
 }

@@ -42,9 +42,23 @@ mod tests {
         s[0].conns.store(4, Relaxed);
         s[1].conns.store(5, Relaxed);
         let mut wlc = WeightedLeastConnection;
-        assert_eq!(wlc.pick(&s, &req(b"/"), Exclude(0)), Some(1));
+        assert_eq!(wlc.pick(&s, &req(b"/"), Exclude::NONE), Some(1));
         s[1].conns.store(11, Relaxed);
-        assert_eq!(wlc.pick(&s, &req(b"/"), Exclude(0)), Some(0));
-        assert_eq!(wlc.pick(&s, &req(b"/"), Exclude(0b011)), None);
+        assert_eq!(wlc.pick(&s, &req(b"/"), Exclude::NONE), Some(0));
+        assert_eq!(wlc.pick(&s, &req(b"/"), Exclude::bits(0b011)), None);
+    }
+
+    #[test]
+    fn thesis_comparison_ties_and_idle_weight_zero() {
+        // §4.1.4: m moves to i only if C_m*W_i > C_i*W_m (strictly), so
+        // ties keep the first server; weight 0 is never chosen, even idle.
+        let s = test_servers(&[0, 3, 1, 3]);
+        s[1].conns.store(3, Relaxed);
+        s[2].conns.store(1, Relaxed);
+        s[3].conns.store(3, Relaxed);
+        let mut wlc = WeightedLeastConnection;
+        assert_eq!(wlc.pick(&s, &req(b"/"), Exclude::NONE), Some(1));
+        s[1].conns.store(4, Relaxed); // 4/3 > 1/1 = 3/3
+        assert_eq!(wlc.pick(&s, &req(b"/"), Exclude::NONE), Some(2));
     }
 }
