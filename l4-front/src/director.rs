@@ -137,7 +137,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
         local_ip = %Ipv4Addr::from(local_ip),
         workers,
         rx_ring = cfg.director.rx_ring,
-        services = shared.services.len(),
+        services = shared.services().list.len(),
         "l4-front running"
     );
     if let (Some(s), true) = (&first, shared.answer_arp) {
@@ -199,19 +199,20 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
     let mut last_sync = Instant::now();
 
     let start = Instant::now();
-    let labels: Vec<String> = shared.services.iter().map(|s| s.label()).collect();
     let mut prev = (Instant::now(), Snapshot::collect(&stats));
     let interval = Duration::from_millis(cfg.director.stats_interval_ms);
     let mut last_stats = Instant::now();
     let mut last_tick = 0u32;
     let mut last_neigh = Instant::now();
+    let mut last_gen = shared.generation();
     while !shutdown.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
         let now = start.elapsed().as_secs() as u32;
         clock.store(now, Ordering::Relaxed);
         if now != last_tick {
             last_tick = now;
-            let n = shared.table.expire(now, |c| shared.on_expire(c));
+            let view = shared.services();
+            let n = shared.table.expire(now, |c| shared.on_expire_in(&view, c));
             let dropped = shared.defend(now);
             if dropped > 0 {
                 tracing::debug!(dropped, "drop_entry");
@@ -226,6 +227,18 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
                 sender.send(&shared.table.drain_sync());
             }
         }
+        let g = shared.generation();
+        if g != last_gen {
+            // A run-time change: resolve new real servers now and announce
+            // new VIPs.
+            last_gen = g;
+            resolve_macs(&shared, Duration::from_secs(1));
+            if let (Some(s), true) = (&first, shared.answer_arp) {
+                if shared.active.load(Ordering::Relaxed) {
+                    announce(s, &shared);
+                }
+            }
+        }
         if last_neigh.elapsed() >= Duration::from_secs(5) {
             last_neigh = Instant::now();
             resolve_macs(&shared, Duration::ZERO);
@@ -234,6 +247,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
             last_stats = Instant::now();
             let cur = Snapshot::collect(&stats);
             let secs = prev.0.elapsed().as_secs_f64();
+            let labels: Vec<String> = shared.services().list.iter().map(|s| s.label()).collect();
             let text = crate::stats::render_rates(&prev.1, &cur, secs, &labels);
             *rates.lock().unwrap_or_else(|e| e.into_inner()) = text;
             prev = (Instant::now(), cur);
@@ -259,7 +273,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
 /// Gratuitous ARP for every VIP (start-up and, later, takeover).
 fn announce(sock: &PacketSocket, shared: &Shared) {
     let mut buf = [0u8; 64];
-    for &vip in shared.vips.iter() {
+    for &vip in shared.services().arp_vips.iter() {
         let n = rewrite::gratuitous_arp(&mut buf, shared.local_mac, vip);
         if let Err(e) = sock.send(&buf[..n]) {
             tracing::warn!(error = %e, "gratuitous ARP failed");
@@ -274,9 +288,9 @@ fn resolve_macs(shared: &Shared, wait: Duration) -> bool {
     let mut learnt = false;
     loop {
         let mut missing = 0;
-        for s in &shared.services {
+        for s in shared.services().list.iter() {
             for (j, rs) in s.servers.iter().enumerate() {
-                if s.mac(j).is_some() {
+                if s.mac(j).is_some() || rs.is_removed() {
                     continue;
                 }
                 let ip = Ipv4Addr::from(rs.addr);
@@ -309,9 +323,10 @@ fn render_stats(
     stats: &[Arc<WorkerStats>],
 ) -> String {
     let snap = Snapshot::collect(stats);
-    let labels: Vec<String> = shared.services.iter().map(|s| s.label()).collect();
-    let rs_labels: Vec<Vec<String>> = shared
-        .services
+    let view = shared.services();
+    let labels: Vec<String> = view.list.iter().map(|s| s.label()).collect();
+    let rs_labels: Vec<Vec<String>> = view
+        .list
         .iter()
         .map(|s| {
             s.servers
@@ -325,7 +340,7 @@ fn render_stats(
         &rs_labels,
         &[("connections", shared.table.len() as u64)],
     );
-    for ((s, l), rls) in shared.services.iter().zip(&labels).zip(&rs_labels) {
+    for ((s, l), rls) in view.list.iter().zip(&labels).zip(&rs_labels) {
         for (r, rl) in s.servers.iter().zip(rls) {
             let _ = std::fmt::Write::write_fmt(
                 &mut text,

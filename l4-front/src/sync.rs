@@ -11,7 +11,7 @@
 //!
 //! Wire format (big endian): `b"L4S1"`, `u16` record count, then 32-byte
 //! records: caddr u32, vaddr u32, cport u16, vport u16, proto u8, state u8,
-//! flags u8 (1 = nat, 2 = persistent), pad u8, raddr u32, rport u16, svc u16,
+//! flags u8 (1 = nat, 2 = persistent, 4 = tun), pad u8, raddr u32, rport u16, svc u16,
 //! rs u16, client MAC [u8; 6].
 
 use std::net::{SocketAddr, UdpSocket};
@@ -55,7 +55,7 @@ pub fn encode(conns: &[Conn], out: &mut Vec<u8>) {
         out.extend_from_slice(&c.key.vport.to_be_bytes());
         out.push(c.key.proto);
         out.push(state_byte(c.state));
-        out.push(c.nat as u8 | (c.persistent as u8) << 1);
+        out.push(c.nat as u8 | (c.persistent as u8) << 1 | (c.tun as u8) << 2);
         out.push(0);
         out.extend_from_slice(&c.raddr.to_be_bytes());
         out.extend_from_slice(&c.rport.to_be_bytes());
@@ -88,6 +88,7 @@ pub fn decode(b: &[u8]) -> Option<Vec<Conn>> {
                 },
                 state: state_from(r[13])?,
                 nat: r[14] & 1 != 0,
+                tun: r[14] & 4 != 0,
                 persistent: r[14] & 2 != 0,
                 raddr: u32_at(r, 16),
                 rport: u16_at(r, 20),
@@ -199,6 +200,7 @@ mod tests {
             rs: 2,
             state: ConnState::Established,
             nat: true,
+            tun: false,
             persistent: false,
             refs: 0,
             timeout: 0,

@@ -177,7 +177,23 @@ pub struct ServiceConfig {
     /// Client netmask prefix length for persistence.
     pub persistence_netmask: u8,
     pub health: HealthConfig,
+    /// Dynamic-feedback weights (§4.2); None = static weights.
+    pub feedback: Option<FeedbackConfig>,
     pub real_servers: Vec<RealServerConfig>,
+}
+
+/// Dynamic-feedback weights (§4.2, `sched::feedback`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedbackConfig {
+    /// The formula's coefficient A (thesis default 5).
+    pub gain: u32,
+    /// Weights stay within [1, scale × configured weight] (default 10).
+    pub scale: u32,
+    /// The health probe's response time that counts as load 1.0.
+    pub response_ms: u64,
+    /// Share of the input index (new connections against the average) in
+    /// the aggregate load; the rest is the response-time index.
+    pub input_percent: u8,
 }
 
 /// The checked configuration the director runs with.
@@ -381,7 +397,18 @@ impl Config {
         for (i, s) in raw.service.into_iter().enumerate() {
             let f = |k: &str| format!("service[{i}].{k}");
             let vip = ip(&f("vip"), &s.vip)?;
-            let port_ = port(&f("port"), s.port)?;
+            // Port 0: all ports of the VIP (§5.2.6), persistent only.
+            let port_ = if s.port == 0 {
+                if s.persistence.unwrap_or(0) == 0 {
+                    return Err(bad(
+                        f("port"),
+                        "0 (all ports) needs persistence (a number of seconds)",
+                    ));
+                }
+                0
+            } else {
+                port(&f("port"), s.port)?
+            };
             let proto = match s.protocol.as_deref().unwrap_or("tcp") {
                 "tcp" => PROTO_TCP,
                 "udp" => PROTO_UDP,
@@ -412,6 +439,12 @@ impl Config {
                     ))
                 }
             };
+            if port_ == 0 && kind != HealthCheck::None {
+                return Err(bad(
+                    f("health_check"),
+                    "an all-ports service (port 0) has no port to probe",
+                ));
+            }
             let interval_ms = s.health_interval_ms.unwrap_or(2000);
             if !(50..=3_600_000).contains(&interval_ms) {
                 return Err(bad(f("health_interval_ms"), "outside 50-3600000"));
@@ -438,6 +471,38 @@ impl Config {
             {
                 return Err(bad(f("health_path"), "an absolute path without spaces"));
             }
+            let feedback = if s.feedback.unwrap_or(false) {
+                if kind == HealthCheck::None {
+                    return Err(bad(
+                        f("feedback"),
+                        "needs health_check (its probes measure the response times)",
+                    ));
+                }
+                let gain = s.feedback_gain.unwrap_or(5);
+                if !(1..=100).contains(&gain) {
+                    return Err(bad(f("feedback_gain"), "outside 1-100"));
+                }
+                let scale = s.feedback_scale.unwrap_or(10);
+                if !(1..=100).contains(&scale) {
+                    return Err(bad(f("feedback_scale"), "outside 1-100"));
+                }
+                let response_ms = s.feedback_response_ms.unwrap_or(100);
+                if !(1..=60_000).contains(&response_ms) {
+                    return Err(bad(f("feedback_response_ms"), "outside 1-60000"));
+                }
+                let input_percent = s.feedback_input_percent.unwrap_or(25);
+                if input_percent > 100 {
+                    return Err(bad(f("feedback_input_percent"), "outside 0-100"));
+                }
+                Some(FeedbackConfig {
+                    gain,
+                    scale,
+                    response_ms,
+                    input_percent,
+                })
+            } else {
+                None
+            };
             let health = HealthConfig {
                 kind,
                 path,
@@ -465,10 +530,15 @@ impl Config {
                         ))
                     }
                 };
-                let rport = match r.port {
-                    Some(p) => port(&g("port"), p)?,
-                    None => port_,
-                };
+                let rport =
+                    match r.port {
+                        Some(_) if port_ == 0 => return Err(bad(
+                            g("port"),
+                            "an all-ports service (port 0) keeps the client's port; leave it out",
+                        )),
+                        Some(p) => port(&g("port"), p)?,
+                        None => port_,
+                    };
                 if method != Method::Nat && rport != port_ {
                     return Err(bad(
                         g("port"),
@@ -508,6 +578,7 @@ impl Config {
                 persistence: s.persistence.unwrap_or(0),
                 persistence_netmask,
                 health,
+                feedback,
                 real_servers: rss,
             });
         }

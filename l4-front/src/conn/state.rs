@@ -77,6 +77,55 @@ impl Timeouts {
     }
 }
 
+/// [`Timeouts`] the control plane may change while workers read them
+/// (`l4adm --set`): one atomic per state. Entries pick a new value up at
+/// their next packet.
+#[derive(Debug)]
+pub struct SharedTimeouts([std::sync::atomic::AtomicU32; 5]);
+
+impl SharedTimeouts {
+    pub fn new(t: Timeouts) -> Self {
+        use std::sync::atomic::AtomicU32;
+        SharedTimeouts([
+            AtomicU32::new(t.tcp_syn),
+            AtomicU32::new(t.tcp_established),
+            AtomicU32::new(t.tcp_fin),
+            AtomicU32::new(t.tcp_close),
+            AtomicU32::new(t.udp),
+        ])
+    }
+
+    pub fn get(&self) -> Timeouts {
+        let g = |i: usize| self.0[i].load(std::sync::atomic::Ordering::Relaxed);
+        Timeouts {
+            tcp_syn: g(0),
+            tcp_established: g(1),
+            tcp_fin: g(2),
+            tcp_close: g(3),
+            udp: g(4),
+        }
+    }
+
+    pub fn set(&self, t: Timeouts) {
+        let vals = [t.tcp_syn, t.tcp_established, t.tcp_fin, t.tcp_close, t.udp];
+        for (a, v) in self.0.iter().zip(vals) {
+            a.store(v.max(1), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[inline]
+    pub fn of(&self, s: ConnState) -> u32 {
+        let i = match s {
+            ConnState::SynRecv => 0,
+            ConnState::Established => 1,
+            ConnState::FinWait => 2,
+            ConnState::Close => 3,
+            ConnState::Udp | ConnState::Template => 4,
+        };
+        self.0[i].load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// May a packet with these TCP flags create a connection entry? Only a
 /// plain SYN schedules a new connection (IPVS default, and the basis of the
 /// SYN-flood memory bound: non-SYN strays never allocate).

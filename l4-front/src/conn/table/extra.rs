@@ -118,6 +118,7 @@ impl ConnTable {
             rs: target.rs,
             state: ConnState::Template,
             nat: target.nat,
+            tun: target.tun,
             persistent: false,
             refs: 1,
             timeout,

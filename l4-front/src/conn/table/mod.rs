@@ -15,7 +15,7 @@ use slab::Slab;
 
 mod extra;
 
-use super::state::{tcp_may_create, tcp_next, ConnState, Timeouts};
+use super::state::{tcp_may_create, tcp_next, ConnState, SharedTimeouts, Timeouts};
 use super::wheel::TimingWheel;
 use crate::hash::SeededState;
 use crate::packet::DropReason;
@@ -52,6 +52,10 @@ pub struct Target {
     pub rport: u16,
     /// VS/NAT: also index the entry by the reply direction.
     pub nat: bool,
+    /// VS/TUN (neither flag: VS/DR). The method is fixed when the
+    /// connection is scheduled, so editing a server's method at run time
+    /// does not switch its existing connections.
+    pub tun: bool,
     /// Created through a persistence template (release it on expiry).
     pub persistent: bool,
 }
@@ -68,6 +72,7 @@ pub struct Conn {
     pub rs: u16,
     pub state: ConnState,
     pub nat: bool,
+    pub tun: bool,
     pub persistent: bool,
     /// Templates: connections using it, and its timeout in seconds.
     pub refs: u32,
@@ -75,6 +80,17 @@ pub struct Conn {
     /// Ethernet source of the client's packets (the router): where VS/NAT
     /// replies are sent.
     pub cmac: [u8; 6],
+}
+
+impl Target {
+    /// The forwarding method the connection was scheduled with.
+    pub fn method(&self) -> crate::config::Method {
+        match (self.nat, self.tun) {
+            (true, _) => crate::config::Method::Nat,
+            (false, true) => crate::config::Method::Tun,
+            _ => crate::config::Method::Dr,
+        }
+    }
 }
 
 impl Conn {
@@ -85,6 +101,7 @@ impl Conn {
             raddr: self.raddr,
             rport: self.rport,
             nat: self.nat,
+            tun: self.tun,
             persistent: self.persistent,
         }
     }
@@ -141,7 +158,7 @@ pub struct ConnTable {
     /// (a locked increment per new connection stalled on the table's cold
     /// stores and cost ~15 % of a SYN's processing).
     per_shard_max: usize,
-    timeouts: Timeouts,
+    timeouts: SharedTimeouts,
     /// secure_tcp: SYN_RECV entries get `secure_syn` seconds instead.
     secure: AtomicBool,
     secure_syn: AtomicU32,
@@ -178,7 +195,7 @@ impl ConnTable {
                 let each = max_connections.max(1).div_ceil(n);
                 each + each / 8 + 1
             },
-            timeouts,
+            timeouts: SharedTimeouts::new(timeouts),
             secure: AtomicBool::new(false),
             secure_syn: AtomicU32::new(10),
             sync: AtomicBool::new(false),
@@ -186,7 +203,12 @@ impl ConnTable {
     }
 
     pub fn timeouts(&self) -> Timeouts {
-        self.timeouts
+        self.timeouts.get()
+    }
+
+    /// Changes the per-state timeouts at run time (`l4adm --set`).
+    pub fn set_timeouts(&self, t: Timeouts) {
+        self.timeouts.set(t)
     }
 
     /// The configured ceiling on entries (enforced per shard, with 1/8
@@ -294,6 +316,7 @@ impl ConnTable {
             rs: target.rs,
             state,
             nat: target.nat,
+            tun: target.tun,
             persistent: target.persistent,
             refs: 0,
             timeout: 0,
@@ -415,6 +438,7 @@ mod tests {
             raddr: 0x0ac9_020b + rs as u32,
             rport: 80,
             nat: false,
+            tun: false,
             persistent: false,
         })
     }
@@ -597,6 +621,7 @@ mod tests {
         t.track(key(7), Event::Tcp(TCP_SYN), 0, [0; 6], || {
             Ok(Target {
                 nat: true,
+                tun: false,
                 ..target(1)?
             })
         })
