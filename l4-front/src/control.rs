@@ -424,4 +424,54 @@ mod tests {
         );
         assert!(handle(&sh, &|| String::new(), "bogus").starts_with("error"));
     }
+
+    #[test]
+    fn ipvsadm_flags() {
+        use crate::service::Change;
+        let c = parse_command(&[
+            "-A",
+            "-u",
+            "10.0.0.1:53",
+            "-s",
+            "sh",
+            "-p",
+            "-M",
+            "255.255.255.0",
+        ])
+        .unwrap();
+        let Command::Change(Change::AddService(cfg)) = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(
+            (cfg.proto, cfg.port, cfg.scheduler.as_str()),
+            (PROTO_UDP, 53, "sh")
+        );
+        assert_eq!((cfg.persistence, cfg.persistence_netmask), (300, 24));
+        let c =
+            parse_command(&["-a", "-t", "10.0.0.1:80", "-r", "10.0.0.9", "-m", "-w", "7"]).unwrap();
+        let Command::Change(Change::AddServer(k, rs)) = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!((k.port, rs.port, rs.weight), (80, 80, 7));
+        assert_eq!(rs.method, Method::Nat);
+        assert_eq!(
+            parse_command(&["--set", "900", "0", "60"]).unwrap(),
+            Command::SetTimeouts {
+                tcp: 900,
+                tcpfin: 0,
+                udp: 60
+            }
+        );
+        for bad in [
+            &["-a", "-t", "10.0.0.1:80"][..],
+            &["-A"],
+            &["-A", "-t", "10.0.0.1"],
+            &["-e", "-t", "10.0.0.1:80", "-r", "10.0.0.9", "-w", "70000"],
+            &["-A", "-D", "-t", "10.0.0.1:80"],
+            &["-A", "-t", "10.0.0.1:80", "--bogus"],
+            &["--set", "1", "2"],
+        ] {
+            assert!(parse_command(bad).is_err(), "{bad:?}");
+        }
+    }
 }
