@@ -95,6 +95,8 @@ pub fn decode(b: &[u8]) -> Option<Vec<Conn>> {
                 svc: u16_at(r, 22),
                 rs: u16_at(r, 24),
                 cmac,
+                seq_next: 0,
+                seq_known: false,
                 expires: 0,
                 packets: 0,
                 refs: 0,
@@ -205,6 +207,8 @@ mod tests {
             refs: 0,
             timeout: 0,
             cmac: [1, 2, 3, 4, 5, 6],
+            seq_next: 0,
+            seq_known: false,
         };
         let mut b = Vec::new();
         encode(&[c, c], &mut b);

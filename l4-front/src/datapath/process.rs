@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::config::Method;
-use crate::conn::{ConnKey, ConnState, Event, Hit, RevKey, Target};
+use crate::conn::{ConnKey, ConnState, Event, Hit, RevKey, Segment, Target};
 use crate::packet::parse::{self, icmp_is_error, parse_icmp_quote, ETH_HLEN};
 use crate::packet::rewrite::{self, NatSide, TUN_OVERHEAD};
 use crate::packet::{DropReason, Frame, Ipv4, L4};
@@ -148,7 +148,17 @@ impl Processor {
                 sport,
                 dport,
                 flags,
-            } => (Event::Tcp(flags), sport, dport),
+            } => {
+                // The sequence number and payload length, for secure_tcp
+                // (the parser guaranteed a whole 20-byte TCP header).
+                let o = ip.l4_off();
+                let seq = frame
+                    .get(o + 4..o + 8)
+                    .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                let doff = frame.get(o + 12).map_or(20, |b| (b >> 4) as usize * 4);
+                let len = ip.total_len.saturating_sub(ip.ihl + doff) as u32;
+                (Event::TcpSeq(Segment { flags, seq, len }), sport, dport)
+            }
             L4::Udp { sport, dport } => (Event::Udp, sport, dport),
             L4::Icmp { ty, .. } if icmp_is_error(ty) => return self.icmp_error(frame, ip),
             L4::Fragment => return Verdict::Drop(DropReason::Fragment),

@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use super::{lock, Conn, ConnKey, ConnState, ConnTable, DropReason, Target};
 
 impl ConnTable {
-    /// secure_tcp (§5.2.9): while on, half-open entries live `syn` seconds.
+    /// secure_tcp (§5.2.9): while on, half-open and closing entries live
+    /// `syn` seconds and states change only on valid steps
+    /// (`state::tcp_next_secure`).
     pub fn set_secure(&self, on: bool, syn: u32) {
         self.secure_syn.store(syn.max(1), Ordering::Relaxed);
         self.secure.store(on, Ordering::Relaxed);
@@ -74,6 +76,7 @@ impl ConnTable {
             packets: 0,
             refs: 0,
             timeout: 0,
+            seq_known: false,
             ..c
         };
         let id = sh.conns.insert(conn) as u32;
@@ -123,6 +126,8 @@ impl ConnTable {
             refs: 1,
             timeout,
             cmac: [0; 6],
+            seq_next: 0,
+            seq_known: false,
         };
         let id = sh.conns.insert(conn) as u32;
         sh.map.insert(tkey, id);

@@ -15,7 +15,9 @@ use slab::Slab;
 
 mod extra;
 
-use super::state::{tcp_may_create, tcp_next, ConnState, SharedTimeouts, Timeouts};
+use super::state::{
+    tcp_may_create, tcp_next, tcp_next_secure, ConnState, Segment, SharedTimeouts, Timeouts,
+};
 use super::wheel::TimingWheel;
 use crate::hash::SeededState;
 use crate::packet::DropReason;
@@ -80,6 +82,10 @@ pub struct Conn {
     /// Ethernet source of the client's packets (the router): where VS/NAT
     /// replies are sent.
     pub cmac: [u8; 6],
+    /// The client's next expected sequence number (secure_tcp), when
+    /// `seq_known` (entries created from a SYN with its sequence number).
+    pub seq_next: u32,
+    pub seq_known: bool,
 }
 
 impl Target {
@@ -119,7 +125,10 @@ impl Conn {
 /// What the packet tells the state machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
+    /// TCP flags only (no sequence checks possible).
     Tcp(u8),
+    /// A whole segment: secure_tcp can check its sequence number.
+    TcpSeq(Segment),
     Udp,
 }
 
@@ -219,7 +228,12 @@ impl ConnTable {
 
     fn timeout_of(&self, s: ConnState) -> u32 {
         let t = self.timeouts.of(s);
-        if s == ConnState::SynRecv && self.secure.load(Ordering::Relaxed) {
+        // secure_tcp: half-open and closing entries get the short timeout.
+        let short = matches!(
+            s,
+            ConnState::SynRecv | ConnState::FinWait | ConnState::Close
+        );
+        if short && self.secure.load(Ordering::Relaxed) {
             t.min(self.secure_syn.load(Ordering::Relaxed))
         } else {
             t
@@ -270,15 +284,50 @@ impl ConnTable {
                 return Err(DropReason::NoConnection);
             };
             let old = c.state;
-            let new = match ev {
-                Event::Tcp(flags) => tcp_next(old, flags),
-                Event::Udp => ConnState::Udp,
+            let secure = self.secure.load(Ordering::Relaxed);
+            let next = c.seq_known.then_some(c.seq_next);
+            let stepped = match ev {
+                Event::Tcp(flags) if secure => tcp_next_secure(
+                    old,
+                    Segment {
+                        flags,
+                        seq: 0,
+                        len: 0,
+                    },
+                    None,
+                ),
+                Event::Tcp(flags) => Some(tcp_next(old, flags)),
+                Event::TcpSeq(seg) if secure => tcp_next_secure(old, seg, next),
+                Event::TcpSeq(seg) => Some(tcp_next(old, seg.flags)),
+                Event::Udp => Some(ConnState::Udp),
             };
+            let target = c.target();
+            let Some(new) = stepped else {
+                // secure_tcp: not a valid step. Forwarded (the real server
+                // judges it), but the entry keeps its state and deadline.
+                return Ok(Hit {
+                    target,
+                    created: false,
+                    old: Some(old),
+                    new: old,
+                });
+            };
+            if let Event::TcpSeq(seg) = ev {
+                // Track the client's sequence (always, so secure_tcp can
+                // start at any time); a new SYN resets it.
+                let end = seg.end();
+                if !c.seq_known
+                    || (new == ConnState::SynRecv && old != ConnState::SynRecv)
+                    || (end.wrapping_sub(c.seq_next) as i32) > 0
+                {
+                    c.seq_next = end;
+                    c.seq_known = true;
+                }
+            }
             c.state = new;
             c.packets = c.packets.wrapping_add(1);
             let expires = now.saturating_add(self.timeout_of(new));
             c.expires = expires;
-            let target = c.target();
             if old != new && self.sync.load(Ordering::Relaxed) && sh.sync_out.len() < SYNC_QUEUE_MAX
             {
                 sh.sync_out.push(*c);
@@ -298,7 +347,8 @@ impl ConnTable {
         }
         let state = match ev {
             Event::Tcp(flags) if tcp_may_create(flags) => ConnState::SynRecv,
-            Event::Tcp(_) => return Err(DropReason::NoConnection),
+            Event::TcpSeq(seg) if tcp_may_create(seg.flags) => ConnState::SynRecv,
+            Event::Tcp(_) | Event::TcpSeq(_) => return Err(DropReason::NoConnection),
             Event::Udp => ConnState::Udp,
         };
         if sh.conns.len() >= self.per_shard_max {
@@ -321,6 +371,11 @@ impl ConnTable {
             refs: 0,
             timeout: 0,
             cmac,
+            seq_next: match ev {
+                Event::TcpSeq(seg) => seg.end(),
+                _ => 0,
+            },
+            seq_known: matches!(ev, Event::TcpSeq(_)),
         };
         let id = sh.conns.insert(conn) as u32;
         sh.map.insert(key, id);
