@@ -294,8 +294,10 @@ impl Shared {
             answer_arp: cfg.director.answer_arp,
             defense: cfg.defense,
             drop_packet_on: AtomicBool::new(cfg.defense.drop_packet == 3),
+            // A backup, and a master that may have to take the VIPs back
+            // from an active backup, start without them.
             active: AtomicBool::new(
-                !matches!(cfg.sync, Some(s) if s.role == crate::config::SyncRole::Backup),
+                !matches!(cfg.sync, Some(s) if s.role == crate::config::SyncRole::Backup || s.failback),
             ),
         }
     }

@@ -92,6 +92,11 @@ pub struct SyncConfig {
     pub peer: Option<std::net::SocketAddr>,
     pub interval_ms: u64,
     pub dead_ms: u64,
+    /// Master only: on (re)start, take the VIPs back from an active backup
+    /// after receiving its table for `failback_delay_ms` (needs `listen`;
+    /// the backup needs `peer` to send it).
+    pub failback: bool,
+    pub failback_delay_ms: u64,
 }
 
 /// How real servers of a service are checked.
@@ -376,12 +381,31 @@ impl Config {
                 if dead_ms < 2 * interval_ms {
                     return Err(bad("sync.dead_ms", "must be at least twice interval_ms"));
                 }
+                let failback = y.failback.unwrap_or(false);
+                if failback && role != SyncRole::Master {
+                    return Err(bad("sync.failback", "only a master takes the VIPs back"));
+                }
+                if failback && listen.is_none() {
+                    return Err(bad(
+                        "sync.listen",
+                        "failback needs ADDR:PORT to receive the backup's table on",
+                    ));
+                }
+                let failback_delay_ms = y.failback_delay_ms.unwrap_or(2000);
+                if !(interval_ms..=600_000).contains(&failback_delay_ms) {
+                    return Err(bad(
+                        "sync.failback_delay_ms",
+                        "between interval_ms and 600000",
+                    ));
+                }
                 Some(SyncConfig {
                     role,
                     listen,
                     peer,
                     interval_ms,
                     dead_ms,
+                    failback,
+                    failback_delay_ms,
                 })
             }
         };

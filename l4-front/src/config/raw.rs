@@ -23,6 +23,8 @@ pub struct Sync {
     pub peer: Option<String>,
     pub interval_ms: Option<u64>,
     pub dead_ms: Option<u64>,
+    pub failback: Option<bool>,
+    pub failback_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
