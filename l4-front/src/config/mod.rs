@@ -668,6 +668,16 @@ mod tests {
         assert!(e.starts_with("service[0].health_check"), "{e}");
         let e = err(&GOOD.replace("method = \"tun\"", "method = \"tun\"\nport = 8080"));
         assert!(e.starts_with("service[0].real_server[1].port"), "{e}");
+        let e = err(&GOOD.replace("scheduler = \"wrr\"", "scheduler = \"wrr\"\nfeedback = true"));
+        assert!(e.starts_with("service[0].feedback"), "{e}");
+        let e = err(&format!(
+            "{GOOD}\n[sync]\nrole = \"backup\"\nlisten = \"1.2.3.4:1\"\nfailback = true\n"
+        ));
+        assert!(e.starts_with("sync.failback"), "{e}");
+        let e = err(&format!(
+            "{GOOD}\n[sync]\nrole = \"master\"\npeer = \"1.2.3.4:1\"\nfailback = true\n"
+        ));
+        assert!(e.starts_with("sync.listen"), "{e}");
         // Unknown keys are refused by the raw layer, with the key's name.
         let e = err(&GOOD.replace("scheduler = \"wrr\"", "schedular = \"wrr\""));
         assert!(e.contains("schedular"), "{e}");
