@@ -213,4 +213,63 @@ mod tests {
         assert!(!probe_http(lo, port, "/", Duration::from_secs(2)));
         t.join().unwrap();
     }
+
+    #[test]
+    fn feedback_rounds_move_weights_by_response_time() {
+        let cfg = crate::config::Config::parse(
+            r#"
+            [director]
+            interface = "d0"
+            [[service]]
+            vip = "10.201.2.100"
+            port = 80
+            scheduler = "wrr"
+            health_check = "tcp"
+            feedback = true
+            feedback_response_ms = 100
+            [[service.real_server]]
+            address = "10.201.2.11"
+            weight = 5
+            [[service.real_server]]
+            address = "10.201.2.12"
+            weight = 5
+            [[service.real_server]]
+            address = "10.201.2.13"
+            weight = 0
+            "#,
+        )
+        .unwrap();
+        let sh = Shared::new(&cfg, [2, 0, 0, 0, 0, 2], 1, 1);
+        let view = sh.services();
+        let svc = &view.list[0];
+        let fb = svc.cfg.feedback.unwrap();
+        let mut t = Track::default();
+        t.streak.resize(3, 0);
+        t.created.resize(3, 0);
+        t.dyn_weight.resize(3, f64::NAN);
+        // .11 answers in 20 ms, .12 in 400 ms, .13 (draining) in 1 ms.
+        let rts = [Some(20.0), Some(400.0), Some(1.0)];
+        for _ in 0..4 {
+            for rs in &svc.servers {
+                rs.created.fetch_add(10, Ordering::Relaxed);
+            }
+            feedback_round(svc, &mut t, &rts, fb);
+        }
+        let (fast, slow) = (
+            svc.servers[0].dynamic_weight().unwrap(),
+            svc.servers[1].dynamic_weight().unwrap(),
+        );
+        assert!(fast > 5 && slow < 5, "fast {fast} slow {slow}");
+        assert_eq!(svc.servers[2].dynamic_weight(), None, "weight 0 untouched");
+        assert_eq!(svc.servers[2].effective_weight(), 0);
+        // The scheduler follows the dynamic weights.
+        svc.rebuild();
+        let mut n = [0usize; 3];
+        for i in 0..1000u32 {
+            if let Some(k) = svc.pick(i, 1000) {
+                n[k] += 1;
+            }
+        }
+        assert!(n[0] > 2 * n[1] && n[2] == 0, "{n:?}");
+    }
 }

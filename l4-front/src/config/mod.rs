@@ -668,7 +668,10 @@ mod tests {
         assert!(e.starts_with("service[0].health_check"), "{e}");
         let e = err(&GOOD.replace("method = \"tun\"", "method = \"tun\"\nport = 8080"));
         assert!(e.starts_with("service[0].real_server[1].port"), "{e}");
-        let e = err(&GOOD.replace("scheduler = \"wrr\"", "scheduler = \"wrr\"\nfeedback = true"));
+        let e = err(&GOOD.replace(
+            "scheduler = \"wrr\"",
+            "scheduler = \"wrr\"\nfeedback = true",
+        ));
         assert!(e.starts_with("service[0].feedback"), "{e}");
         let e = err(&format!(
             "{GOOD}\n[sync]\nrole = \"backup\"\nlisten = \"1.2.3.4:1\"\nfailback = true\n"
