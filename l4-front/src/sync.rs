@@ -111,9 +111,7 @@ pub fn decode(b: &[u8]) -> Option<(bool, Vec<Conn>)> {
                 rs: u16_at(r, 24),
                 cmac,
                 seq_next: 0,
-                seq_known: false,
                 expires: 0,
-                packets: 0,
                 refs: 0,
                 timeout: 0,
             })
@@ -296,7 +294,6 @@ mod tests {
             },
             raddr: 5,
             expires: 0,
-            packets: 0,
             rport: 80,
             svc: 1,
             rs: 2,
@@ -308,7 +305,6 @@ mod tests {
             timeout: 0,
             cmac: [1, 2, 3, 4, 5, 6],
             seq_next: 0,
-            seq_known: false,
         };
         let mut b = Vec::new();
         encode(&[c, c], true, &mut b);

@@ -73,10 +73,9 @@ impl ConnTable {
         }
         let conn = Conn {
             expires,
-            packets: 0,
             refs: 0,
             timeout: 0,
-            seq_known: false,
+            seq_next: 0,
             ..c
         };
         let id = sh.conns.insert(conn) as u32;
@@ -115,7 +114,6 @@ impl ConnTable {
             key: tkey,
             raddr: target.raddr,
             expires,
-            packets: 0,
             rport: target.rport,
             svc: target.svc,
             rs: target.rs,
@@ -127,7 +125,6 @@ impl ConnTable {
             timeout,
             cmac: [0; 6],
             seq_next: 0,
-            seq_known: false,
         };
         let id = sh.conns.insert(conn) as u32;
         sh.map.insert(tkey, id);
