@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, SyncRole};
+use crate::config::Config;
 use crate::datapath::afpacket::{self, PacketSocket};
 use crate::datapath::{neigh, worker, Processor};
 use crate::hash::SeededState;
@@ -137,7 +137,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
         local_ip = %Ipv4Addr::from(local_ip),
         workers,
         rx_ring = cfg.director.rx_ring,
-        services = shared.services.len(),
+        services = shared.services().list.len(),
         "l4-front running"
     );
     if let (Some(s), true) = (&first, shared.answer_arp) {
@@ -145,46 +145,79 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
             announce(s, &shared);
         }
     }
+    // Failover (§5.2.10, `sync::Failover`): records go to `peer` while this
+    // director owns the VIPs; `listen` receives the peer's records and
+    // heartbeats and drives takeover, step-down and fail-back.
     let mut sync_sender = None;
     let mut sync_thread = None;
-    match cfg.director_sync() {
-        Some((SyncRole::Master, sc)) => {
-            shared.table.set_sync(true);
-            if let Some(peer) = sc.peer {
-                match crate::sync::Sender::new(peer) {
-                    Ok(s) => sync_sender = Some((s, sc.interval_ms)),
-                    Err(e) => tracing::error!(error = %e, "sync sender"),
-                }
+    let dump_wanted = Arc::new(AtomicBool::new(false));
+    if let Some(sc) = cfg.sync {
+        if let Some(peer) = sc.peer {
+            match crate::sync::Sender::new(peer) {
+                Ok(s) => sync_sender = Some((s, sc.interval_ms)),
+                Err(e) => tracing::error!(error = %e, "sync sender"),
             }
         }
-        Some((SyncRole::Backup, sc)) => {
-            let (sh, st, ck) = (shared.clone(), stop.clone(), clock.clone());
+        let has_sender = sync_sender.is_some();
+        shared
+            .table
+            .set_sync(has_sender && shared.active.load(Ordering::Relaxed));
+        if let Some(listen) = sc.listen {
+            let fo = std::sync::Mutex::new(crate::sync::Failover::new(&sc, Instant::now()));
+            let (sh, st, ck, dw) = (
+                shared.clone(),
+                stop.clone(),
+                clock.clone(),
+                dump_wanted.clone(),
+            );
             let iface2 = iface.clone();
-            let listen = sc.listen.unwrap_or_else(|| ([0, 0, 0, 0], 8848).into());
-            let dead = Duration::from_millis(sc.dead_ms);
-            tracing::info!(%listen, "backup director: waiting for the master");
+            tracing::info!(%listen, role = ?sc.role, failback = sc.failback, "failover: listening to the peer");
             sync_thread = Some(
                 std::thread::Builder::new()
                     .name("l4-sync".into())
                     .spawn(move || {
-                        let sh2 = sh.clone();
-                        let r = crate::sync::receive(
-                            listen,
-                            dead,
-                            st,
-                            |c| sh.apply_sync(c, ck.load(Ordering::Relaxed)),
-                            move || {
-                                tracing::warn!(
-                                    synced = sh2.table.len(),
-                                    "master silent: taking over the VIPs"
-                                );
-                                sh2.active.store(true, Ordering::Relaxed);
+                        let act = |a: crate::sync::Action| match a {
+                            crate::sync::Action::TakeOver => {
+                                tracing::warn!(synced = sh.table.len(), "taking over the VIPs");
+                                sh.active.store(true, Ordering::Relaxed);
+                                sh.table.set_sync(has_sender);
                                 if let Ok(s) = PacketSocket::open(&iface2, None) {
                                     for _ in 0..3 {
-                                        announce(&s, &sh2);
+                                        announce(&s, &sh);
                                         std::thread::sleep(Duration::from_millis(100));
                                     }
                                 }
+                            }
+                            crate::sync::Action::StepDown => {
+                                tracing::warn!("the master is back and active: stepping down");
+                                sh.active.store(false, Ordering::Relaxed);
+                                sh.table.set_sync(false);
+                            }
+                            crate::sync::Action::None => {}
+                        };
+                        let lock = || fo.lock().unwrap_or_else(|e| e.into_inner());
+                        let r = crate::sync::receive(
+                            listen,
+                            sc.peer.map(|p| p.ip()),
+                            st,
+                            |peer_active, conns| {
+                                let now = ck.load(Ordering::Relaxed);
+                                for c in conns {
+                                    sh.apply_sync(c, now);
+                                }
+                                let (a, dump) = lock().on_datagram(Instant::now(), peer_active);
+                                if dump {
+                                    tracing::info!("peer appeared: sending it the table");
+                                    dw.store(true, Ordering::Relaxed);
+                                }
+                                act(a);
+                            },
+                            || {
+                                let a = lock().tick(Instant::now());
+                                if a == crate::sync::Action::TakeOver {
+                                    tracing::warn!("peer silent");
+                                }
+                                act(a);
                             },
                         );
                         if let Err(e) = r {
@@ -194,24 +227,26 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
                     .map_err(RunError::Spawn)?,
             );
         }
-        None => {}
     }
+    // The whole table, paced out to a peer that has just appeared.
+    let mut dump: Vec<crate::conn::Conn> = Vec::new();
     let mut last_sync = Instant::now();
 
     let start = Instant::now();
-    let labels: Vec<String> = shared.services.iter().map(|s| s.label()).collect();
     let mut prev = (Instant::now(), Snapshot::collect(&stats));
     let interval = Duration::from_millis(cfg.director.stats_interval_ms);
     let mut last_stats = Instant::now();
     let mut last_tick = 0u32;
     let mut last_neigh = Instant::now();
+    let mut last_gen = shared.generation();
     while !shutdown.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
         let now = start.elapsed().as_secs() as u32;
         clock.store(now, Ordering::Relaxed);
         if now != last_tick {
             last_tick = now;
-            let n = shared.table.expire(now, |c| shared.on_expire(c));
+            let view = shared.services();
+            let n = shared.table.expire(now, |c| shared.on_expire_in(&view, c));
             let dropped = shared.defend(now);
             if dropped > 0 {
                 tracing::debug!(dropped, "drop_entry");
@@ -221,9 +256,42 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
             }
         }
         if let Some((sender, every)) = &mut sync_sender {
+            let active = shared.active.load(Ordering::Relaxed);
             if last_sync.elapsed() >= Duration::from_millis(*every) {
                 last_sync = Instant::now();
-                sender.send(&shared.table.drain_sync());
+                // Records while owning the VIPs; a bare heartbeat otherwise.
+                let recs = if active {
+                    shared.table.drain_sync()
+                } else {
+                    Vec::new()
+                };
+                sender.send(&recs, active);
+            }
+            if dump_wanted.swap(false, Ordering::Relaxed) {
+                dump.clear();
+                shared.table.for_each(|c| {
+                    if c.state != crate::conn::ConnState::Template {
+                        dump.push(*c)
+                    }
+                });
+            }
+            if !dump.is_empty() {
+                // 2,000 records (50 datagrams) per 50 ms turn.
+                let n = dump.len().min(2000);
+                sender.send(&dump[dump.len() - n..], active);
+                dump.truncate(dump.len() - n);
+            }
+        }
+        let g = shared.generation();
+        if g != last_gen {
+            // A run-time change: resolve new real servers now and announce
+            // new VIPs.
+            last_gen = g;
+            resolve_macs(&shared, Duration::from_secs(1));
+            if let (Some(s), true) = (&first, shared.answer_arp) {
+                if shared.active.load(Ordering::Relaxed) {
+                    announce(s, &shared);
+                }
             }
         }
         if last_neigh.elapsed() >= Duration::from_secs(5) {
@@ -234,6 +302,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
             last_stats = Instant::now();
             let cur = Snapshot::collect(&stats);
             let secs = prev.0.elapsed().as_secs_f64();
+            let labels: Vec<String> = shared.services().list.iter().map(|s| s.label()).collect();
             let text = crate::stats::render_rates(&prev.1, &cur, secs, &labels);
             *rates.lock().unwrap_or_else(|e| e.into_inner()) = text;
             prev = (Instant::now(), cur);
@@ -259,7 +328,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
 /// Gratuitous ARP for every VIP (start-up and, later, takeover).
 fn announce(sock: &PacketSocket, shared: &Shared) {
     let mut buf = [0u8; 64];
-    for &vip in shared.vips.iter() {
+    for &vip in shared.services().arp_vips.iter() {
         let n = rewrite::gratuitous_arp(&mut buf, shared.local_mac, vip);
         if let Err(e) = sock.send(&buf[..n]) {
             tracing::warn!(error = %e, "gratuitous ARP failed");
@@ -274,9 +343,9 @@ fn resolve_macs(shared: &Shared, wait: Duration) -> bool {
     let mut learnt = false;
     loop {
         let mut missing = 0;
-        for s in &shared.services {
+        for s in shared.services().list.iter() {
             for (j, rs) in s.servers.iter().enumerate() {
-                if s.mac(j).is_some() {
+                if s.mac(j).is_some() || rs.is_removed() {
                     continue;
                 }
                 let ip = Ipv4Addr::from(rs.addr);
@@ -309,9 +378,10 @@ fn render_stats(
     stats: &[Arc<WorkerStats>],
 ) -> String {
     let snap = Snapshot::collect(stats);
-    let labels: Vec<String> = shared.services.iter().map(|s| s.label()).collect();
-    let rs_labels: Vec<Vec<String>> = shared
-        .services
+    let view = shared.services();
+    let labels: Vec<String> = view.list.iter().map(|s| s.label()).collect();
+    let rs_labels: Vec<Vec<String>> = view
+        .list
         .iter()
         .map(|s| {
             s.servers
@@ -325,7 +395,7 @@ fn render_stats(
         &rs_labels,
         &[("connections", shared.table.len() as u64)],
     );
-    for ((s, l), rls) in shared.services.iter().zip(&labels).zip(&rs_labels) {
+    for ((s, l), rls) in view.list.iter().zip(&labels).zip(&rs_labels) {
         for (r, rl) in s.servers.iter().zip(rls) {
             let _ = std::fmt::Write::write_fmt(
                 &mut text,

@@ -66,6 +66,11 @@ pub struct RsCounters {
     pub bytes: AtomicU64,
 }
 
+/// Statistics slots kept for services added at run time.
+pub const SPARE_SERVICES: usize = 64;
+/// Statistics slots per service kept for real servers added at run time.
+pub const SPARE_SERVERS: usize = 32;
+
 /// One worker's counters.
 #[derive(Debug)]
 pub struct WorkerStats {
@@ -82,14 +87,20 @@ fn bump(a: &AtomicU64, n: u64) {
 }
 
 impl WorkerStats {
-    /// `shape[i]` is the number of real servers of service `i`.
+    /// `shape[i]` is the number of real servers of service `i`. Room is
+    /// kept for services and real servers added at run time (`l4adm`): at
+    /// least [`SPARE_SERVICES`] services of [`SPARE_SERVERS`] servers each;
+    /// traffic of a slot beyond that is forwarded but not counted here.
     pub fn new(shape: &[usize]) -> Self {
+        let n = shape.len().max(SPARE_SERVICES);
         WorkerStats {
             counters: std::array::from_fn(|_| AtomicU64::new(0)),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
-            rs: shape
-                .iter()
-                .map(|&n| (0..n).map(|_| RsCounters::default()).collect())
+            rs: (0..n)
+                .map(|i| {
+                    let k = shape.get(i).copied().unwrap_or(0).max(SPARE_SERVERS);
+                    (0..k).map(|_| RsCounters::default()).collect()
+                })
                 .collect(),
         }
     }
@@ -184,15 +195,15 @@ impl Snapshot {
         for (k, v) in extra {
             let _ = writeln!(o, "{k} {v}");
         }
-        for (i, v) in self.rs.iter().enumerate() {
-            let name = labels.get(i).map(String::as_str).unwrap_or("?");
+        // Only the slots in use (the rest is room for run-time additions).
+        for (i, name) in labels.iter().enumerate() {
+            let Some(v) = self.rs.get(i) else { break };
             let (mut c, mut p, mut b) = (0, 0, 0);
-            for (j, e) in v.iter().enumerate() {
-                let rn = rs_labels
-                    .get(i)
-                    .and_then(|l| l.get(j))
-                    .map(String::as_str)
-                    .unwrap_or("?");
+            let names = rs_labels.get(i).map(Vec::as_slice).unwrap_or(&[]);
+            for (e, rn) in v.iter().zip(names) {
+                if rn.is_empty() {
+                    continue;
+                }
                 let _ = writeln!(o, "rs.{name}.{rn}.conns {}", e.0);
                 let _ = writeln!(o, "rs.{name}.{rn}.packets {}", e.1);
                 let _ = writeln!(o, "rs.{name}.{rn}.bytes {}", e.2);

@@ -99,3 +99,98 @@ fn dr_download_survives_master_failure() {
         "the connection came from sync, not scheduling: {st:?}"
     );
 }
+
+/// Waits (at most 10 s) until `log` contains `what`.
+fn wait_log(lab: &Lab, log: &str, what: &str) {
+    let t = std::time::Instant::now();
+    while !lab.log(log).contains(what) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{log}: no {what:?} in 10 s:\n{}",
+            lab.log(log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Fail-back: the master dies, the backup takes over, a long download
+/// starts through the backup (so only the backup knows the connection);
+/// the master returns, receives the backup's table, takes the VIP back
+/// after `failback_delay_ms`, the backup steps down — and the download
+/// completes through the returned master.
+#[test]
+fn master_returns_takes_the_vip_back_and_the_download_goes_on() {
+    skip_unless_lab!();
+    let mut lab = Lab::new("b");
+    lab.build(1);
+    lab.add_backup_director();
+    // 320 kB over ~4 s.
+    let body: String = "0123456789abcdef".repeat(20_000);
+    lab.http_server_paced("rs1", 80, &body, 8_000, Duration::from_millis(100));
+    let master = config(
+        &lab,
+        "master",
+        "role = \"master\"\npeer = \"10.201.2.3:8848\"\nlisten = \"10.201.2.2:8848\"\n\
+         interval_ms = 100\ndead_ms = 500\nfailback = true\nfailback_delay_ms = 1000",
+    );
+    let backup = config(
+        &lab,
+        "backup",
+        "role = \"backup\"\nlisten = \"10.201.2.3:8848\"\npeer = \"10.201.2.2:8848\"\n\
+         interval_ms = 100\ndead_ms = 500",
+    );
+    let start = |lab: &mut Lab, log: &str, cfg: &std::path::Path| {
+        lab.spawn(
+            if log == "backup" { "dir2" } else { "dir" },
+            log,
+            &[
+                env!("CARGO_BIN_EXE_l4-front"),
+                "--config",
+                cfg.to_str().unwrap(),
+            ],
+            &[],
+        );
+    };
+    start(&mut lab, "backup", &backup);
+    start(&mut lab, "master", &master);
+    wait_log(&lab, "master", "taking over");
+    lab.kill("master");
+    wait_log(&lab, "backup", "taking over");
+    let _ = std::fs::remove_file(lab.dir.join("master.stats"));
+
+    let ns = lab.ns("cl");
+    let download = std::thread::spawn(move || http_get(&ns, format!("{VIP}:80").parse().unwrap()));
+    std::thread::sleep(Duration::from_millis(500));
+    start(&mut lab, "master2", &master);
+    wait_log(&lab, "master2", "taking over");
+    wait_log(&lab, "backup", "stepping down");
+    let r = download.join().expect("client thread").unwrap_or_else(|e| {
+        panic!(
+            "download broke at fail-back: {e}\n--- master2 log:\n{}\n--- backup log:\n{}",
+            lab.log("master2"),
+            lab.log("backup")
+        )
+    });
+    assert!(
+        r.ends_with(&body),
+        "download incomplete ({} bytes)",
+        r.len()
+    );
+    assert!(
+        lab.log("backup").contains("sending it the table"),
+        "{}",
+        lab.log("backup")
+    );
+    std::thread::sleep(Duration::from_millis(250));
+    let st = stats(&lab.dir.join("master.stats"));
+    let svc = "service.10.201.2.100:80/tcp";
+    assert!(
+        st.get(&format!("{svc}.packets")).copied().unwrap_or(0) > 0,
+        "the returned master forwarded nothing: {st:?}"
+    );
+    assert_eq!(
+        st.get(&format!("{svc}.conns")),
+        Some(&0),
+        "the connection came from the backup's table: {st:?}"
+    );
+}

@@ -122,3 +122,98 @@ mac = "02:00:00:00:00:0b"
     assert_eq!(refused, 10);
     assert_eq!(shared.table.len(), 30);
 }
+
+/// secure_tcp = 3 (always), with packets through the pipeline: a spoofed
+/// ACK (wrong sequence number) neither establishes the entry nor extends
+/// it; the handshake's ACK (ISN + 1) does; invalid flag combinations and
+/// out-of-window RSTs change nothing; half-open entries get the short
+/// timeout.
+#[test]
+fn secure_tcp_changes_state_only_on_valid_sequences() {
+    use l4_front::conn::{ConnKey, ConnState};
+    use l4_front::packet::parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+    let cfg = Config::parse(
+        r#"
+[director]
+interface = "d0"
+[defense]
+secure_tcp = 3
+secure_syn_timeout = 5
+[[service]]
+vip = "10.201.2.100"
+port = 80
+[[service.real_server]]
+address = "10.201.2.11"
+mac = "02:00:00:00:00:0b"
+"#,
+    )
+    .unwrap();
+    let shared = Arc::new(Shared::new(&cfg, DIRECTOR_MAC, 0x0ac9_0202, 1));
+    shared.defend(0); // switches secure_tcp on
+    let st = Arc::new(WorkerStats::new(&shared.shape()));
+    let mut p = Processor::new(shared.clone(), st);
+    let isn = 0x1000_0000u32;
+    let mut send = |sport: u16, flags: u8, seq: u32, now: u32| {
+        let mut f = tcp_frame(TcpSpec {
+            sport,
+            flags,
+            seq,
+            ..TcpSpec::syn()
+        });
+        p.process(&mut f, false, now)
+    };
+    let key = |cport| ConnKey {
+        caddr: 0x0ac9_0102,
+        vaddr: 0x0ac9_0264,
+        cport,
+        vport: 80,
+        proto: 6,
+    };
+    let state = |cport| shared.table.get(&key(cport)).map(|c| c.state);
+    assert!(matches!(send(1000, TCP_SYN, isn, 0), Verdict::SendInput(_)));
+    // Spoofed ACK: forwarded (the real server drops it), entry unchanged.
+    assert!(matches!(
+        send(1000, TCP_ACK, 12345, 1),
+        Verdict::SendInput(_)
+    ));
+    assert_eq!(state(1000), Some(ConnState::SynRecv));
+    let deadline = shared.table.get(&key(1000)).unwrap().expires;
+    assert_eq!(
+        deadline, 5,
+        "secure_syn_timeout, not refreshed by the spoof"
+    );
+    // The handshake's ACK establishes it.
+    send(1000, TCP_ACK, isn + 1, 2);
+    assert_eq!(state(1000), Some(ConnState::Established));
+    // Data moves the window; SYN+FIN and an out-of-window RST are ignored.
+    let mut f = tcp_frame(TcpSpec {
+        sport: 1000,
+        flags: TCP_ACK,
+        seq: isn + 1,
+        payload: vec![b'x'; 100],
+        ..TcpSpec::syn()
+    });
+    p.process(&mut f, false, 3);
+    let mut send = |sport: u16, flags: u8, seq: u32, now: u32| {
+        let mut f = tcp_frame(TcpSpec {
+            sport,
+            flags,
+            seq,
+            ..TcpSpec::syn()
+        });
+        p.process(&mut f, false, now)
+    };
+    assert_eq!(shared.table.get(&key(1000)).unwrap().seq_next, isn + 101);
+    send(1000, TCP_SYN | TCP_FIN, isn + 101, 4);
+    send(1000, TCP_RST, isn.wrapping_add(1 << 30), 4);
+    assert_eq!(state(1000), Some(ConnState::Established));
+    // A FIN in the window half-closes it, with the short timeout.
+    send(1000, TCP_FIN | TCP_ACK, isn + 101, 5);
+    assert_eq!(state(1000), Some(ConnState::FinWait));
+    assert_eq!(shared.table.get(&key(1000)).unwrap().expires, 10);
+    // A second half-open entry, never completed, is gone after 5 s.
+    send(2000, TCP_SYN, 7, 10);
+    shared.table.expire(16, |c| shared.on_expire(c));
+    assert_eq!(state(2000), None);
+    assert_eq!(state(1000), None, "FIN_WAIT with the short timeout too");
+}

@@ -1,47 +1,84 @@
 //! `l4adm`: the ipvsadm-style administration tool (see `l4_front::control`).
+//! Listing options are handled here; changes are sent as they are written
+//! (`ipvsadm ARGS…`) and parsed by the director, which applies them to the
+//! running service table.
 
 use anyhow::Context;
 use std::path::PathBuf;
 
 const USAGE: &str = "usage: l4adm [--socket PATH] COMMAND
-  -L -n [--stats | --rate]            list services, real servers, connections;
-                                      counters; or rates per second
-  -e -t VIP:PORT -r RIP:PORT -w W     edit a real server's weight (0 drains)
-  --socket PATH                       control socket (default /run/l4-front.sock)
-Services and real servers are added or deleted in the TOML configuration
-(l4-front --config FILE --check, then restart).";
+  -L -n [--stats | --rate | --timeout]    list services, real servers, connections;
+                                          counters; rates per second; timeouts
+  -A -t|-u VIP:PORT [-s SCHED] [-p [SECS]] [-M MASK]
+                                          add a virtual service (port 0: all
+                                          ports, needs -p)
+  -E -t|-u VIP:PORT [-s SCHED] [-p SECS] [-M MASK]
+                                          edit a virtual service
+  -D -t|-u VIP:PORT                       delete a virtual service
+  -a -t|-u VIP:PORT -r RIP[:PORT] [-g|-i|-m] [-w W]
+                                          add a real server (DR by default)
+  -e -t|-u VIP:PORT -r RIP[:PORT] [-g|-i|-m] [-w W]
+                                          edit a real server (-w 0 drains)
+  -d -t|-u VIP:PORT -r RIP[:PORT]         delete a real server
+  --set TCP TCPFIN UDP                    timeouts in seconds (0: unchanged)
+  --socket PATH                           control socket (default /run/l4-front.sock)
+Changes apply to the running director; existing connections keep their
+real server and forwarding method. Schedulers: rr wrr lc wlc sh maglev.";
 
 fn main() -> anyhow::Result<()> {
     let mut socket = PathBuf::from("/run/l4-front.sock");
-    let (mut list, mut stats, mut edit, mut rate) = (false, false, false, false);
-    let (mut vs, mut rs, mut weight) = (None, None, None);
+    let (mut list, mut stats, mut rate, mut timeout) = (false, false, false, false);
+    let mut change = false;
+    let mut passed: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--socket" => socket = args.next().context("--socket PATH")?.into(),
             "-L" | "-l" | "--list" => list = true,
-            "-n" | "--numeric" => {}
             "--stats" => stats = true,
             "--rate" => rate = true,
-            "-e" | "--edit-server" => edit = true,
-            "-t" | "--tcp-service" | "-u" | "--udp-service" => vs = args.next(),
-            "-r" | "--real-server" => rs = args.next(),
-            "-w" | "--weight" => weight = args.next(),
-            "-a" | "-A" | "-d" | "-D" | "-E" => {
-                anyhow::bail!("{a}: not supported at run time yet; edit the configuration\n{USAGE}")
-            }
+            "--timeout" => timeout = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
             }
-            other => anyhow::bail!("unknown argument {other:?}\n{USAGE}"),
+            _ => {
+                if matches!(
+                    a.as_str(),
+                    "-A" | "-E"
+                        | "-D"
+                        | "-a"
+                        | "-e"
+                        | "-d"
+                        | "--set"
+                        | "--add-service"
+                        | "--edit-service"
+                        | "--delete-service"
+                        | "--add-server"
+                        | "--edit-server"
+                        | "--delete-server"
+                ) {
+                    change = true;
+                }
+                if a.chars().any(char::is_whitespace) {
+                    anyhow::bail!("argument {a:?} contains white space\n{USAGE}");
+                }
+                passed.push(a);
+            }
         }
     }
-    let req = if edit {
-        let (Some(vs), Some(rs), Some(w)) = (vs, rs, weight) else {
-            anyhow::bail!("-e needs -t VIP:PORT -r RIP:PORT -w WEIGHT\n{USAGE}");
-        };
-        format!("weight {vs} {rs} {w}")
+    let req = if change {
+        if list || stats || rate || timeout {
+            anyhow::bail!("a change and a listing at once\n{USAGE}");
+        }
+        format!("ipvsadm {}", passed.join(" "))
+    } else if let Some(a) = passed
+        .iter()
+        .find(|a| !matches!(a.as_str(), "-n" | "--numeric"))
+    {
+        anyhow::bail!("unknown argument {a:?}\n{USAGE}");
+    } else if timeout {
+        "timeout".to_string()
     } else if stats || rate {
         "stats".to_string()
     } else if list {

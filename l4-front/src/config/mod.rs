@@ -92,6 +92,11 @@ pub struct SyncConfig {
     pub peer: Option<std::net::SocketAddr>,
     pub interval_ms: u64,
     pub dead_ms: u64,
+    /// Master only: on (re)start, take the VIPs back from an active backup
+    /// after receiving its table for `failback_delay_ms` (needs `listen`;
+    /// the backup needs `peer` to send it).
+    pub failback: bool,
+    pub failback_delay_ms: u64,
 }
 
 /// How real servers of a service are checked.
@@ -177,7 +182,23 @@ pub struct ServiceConfig {
     /// Client netmask prefix length for persistence.
     pub persistence_netmask: u8,
     pub health: HealthConfig,
+    /// Dynamic-feedback weights (§4.2); None = static weights.
+    pub feedback: Option<FeedbackConfig>,
     pub real_servers: Vec<RealServerConfig>,
+}
+
+/// Dynamic-feedback weights (§4.2, `sched::feedback`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedbackConfig {
+    /// The formula's coefficient A (thesis default 5).
+    pub gain: u32,
+    /// Weights stay within [1, scale × configured weight] (default 10).
+    pub scale: u32,
+    /// The health probe's response time that counts as load 1.0.
+    pub response_ms: u64,
+    /// Share of the input index (new connections against the average) in
+    /// the aggregate load; the rest is the response-time index.
+    pub input_percent: u8,
 }
 
 /// The checked configuration the director runs with.
@@ -360,12 +381,31 @@ impl Config {
                 if dead_ms < 2 * interval_ms {
                     return Err(bad("sync.dead_ms", "must be at least twice interval_ms"));
                 }
+                let failback = y.failback.unwrap_or(false);
+                if failback && role != SyncRole::Master {
+                    return Err(bad("sync.failback", "only a master takes the VIPs back"));
+                }
+                if failback && listen.is_none() {
+                    return Err(bad(
+                        "sync.listen",
+                        "failback needs ADDR:PORT to receive the backup's table on",
+                    ));
+                }
+                let failback_delay_ms = y.failback_delay_ms.unwrap_or(2000);
+                if !(interval_ms..=600_000).contains(&failback_delay_ms) {
+                    return Err(bad(
+                        "sync.failback_delay_ms",
+                        "between interval_ms and 600000",
+                    ));
+                }
                 Some(SyncConfig {
                     role,
                     listen,
                     peer,
                     interval_ms,
                     dead_ms,
+                    failback,
+                    failback_delay_ms,
                 })
             }
         };
@@ -381,7 +421,18 @@ impl Config {
         for (i, s) in raw.service.into_iter().enumerate() {
             let f = |k: &str| format!("service[{i}].{k}");
             let vip = ip(&f("vip"), &s.vip)?;
-            let port_ = port(&f("port"), s.port)?;
+            // Port 0: all ports of the VIP (§5.2.6), persistent only.
+            let port_ = if s.port == 0 {
+                if s.persistence.unwrap_or(0) == 0 {
+                    return Err(bad(
+                        f("port"),
+                        "0 (all ports) needs persistence (a number of seconds)",
+                    ));
+                }
+                0
+            } else {
+                port(&f("port"), s.port)?
+            };
             let proto = match s.protocol.as_deref().unwrap_or("tcp") {
                 "tcp" => PROTO_TCP,
                 "udp" => PROTO_UDP,
@@ -412,6 +463,12 @@ impl Config {
                     ))
                 }
             };
+            if port_ == 0 && kind != HealthCheck::None {
+                return Err(bad(
+                    f("health_check"),
+                    "an all-ports service (port 0) has no port to probe",
+                ));
+            }
             let interval_ms = s.health_interval_ms.unwrap_or(2000);
             if !(50..=3_600_000).contains(&interval_ms) {
                 return Err(bad(f("health_interval_ms"), "outside 50-3600000"));
@@ -438,6 +495,38 @@ impl Config {
             {
                 return Err(bad(f("health_path"), "an absolute path without spaces"));
             }
+            let feedback = if s.feedback.unwrap_or(false) {
+                if kind == HealthCheck::None {
+                    return Err(bad(
+                        f("feedback"),
+                        "needs health_check (its probes measure the response times)",
+                    ));
+                }
+                let gain = s.feedback_gain.unwrap_or(5);
+                if !(1..=100).contains(&gain) {
+                    return Err(bad(f("feedback_gain"), "outside 1-100"));
+                }
+                let scale = s.feedback_scale.unwrap_or(10);
+                if !(1..=100).contains(&scale) {
+                    return Err(bad(f("feedback_scale"), "outside 1-100"));
+                }
+                let response_ms = s.feedback_response_ms.unwrap_or(100);
+                if !(1..=60_000).contains(&response_ms) {
+                    return Err(bad(f("feedback_response_ms"), "outside 1-60000"));
+                }
+                let input_percent = s.feedback_input_percent.unwrap_or(25);
+                if input_percent > 100 {
+                    return Err(bad(f("feedback_input_percent"), "outside 0-100"));
+                }
+                Some(FeedbackConfig {
+                    gain,
+                    scale,
+                    response_ms,
+                    input_percent,
+                })
+            } else {
+                None
+            };
             let health = HealthConfig {
                 kind,
                 path,
@@ -465,10 +554,15 @@ impl Config {
                         ))
                     }
                 };
-                let rport = match r.port {
-                    Some(p) => port(&g("port"), p)?,
-                    None => port_,
-                };
+                let rport =
+                    match r.port {
+                        Some(_) if port_ == 0 => return Err(bad(
+                            g("port"),
+                            "an all-ports service (port 0) keeps the client's port; leave it out",
+                        )),
+                        Some(p) => port(&g("port"), p)?,
+                        None => port_,
+                    };
                 if method != Method::Nat && rport != port_ {
                     return Err(bad(
                         g("port"),
@@ -508,6 +602,7 @@ impl Config {
                 persistence: s.persistence.unwrap_or(0),
                 persistence_netmask,
                 health,
+                feedback,
                 real_servers: rss,
             });
         }
@@ -573,6 +668,19 @@ mod tests {
         assert!(e.starts_with("service[0].health_check"), "{e}");
         let e = err(&GOOD.replace("method = \"tun\"", "method = \"tun\"\nport = 8080"));
         assert!(e.starts_with("service[0].real_server[1].port"), "{e}");
+        let e = err(&GOOD.replace(
+            "scheduler = \"wrr\"",
+            "scheduler = \"wrr\"\nfeedback = true",
+        ));
+        assert!(e.starts_with("service[0].feedback"), "{e}");
+        let e = err(&format!(
+            "{GOOD}\n[sync]\nrole = \"backup\"\nlisten = \"1.2.3.4:1\"\nfailback = true\n"
+        ));
+        assert!(e.starts_with("sync.failback"), "{e}");
+        let e = err(&format!(
+            "{GOOD}\n[sync]\nrole = \"master\"\npeer = \"1.2.3.4:1\"\nfailback = true\n"
+        ));
+        assert!(e.starts_with("sync.listen"), "{e}");
         // Unknown keys are refused by the raw layer, with the key's name.
         let e = err(&GOOD.replace("scheduler = \"wrr\"", "schedular = \"wrr\""));
         assert!(e.contains("schedular"), "{e}");

@@ -23,6 +23,8 @@ pub struct Sync {
     pub peer: Option<String>,
     pub interval_ms: Option<u64>,
     pub dead_ms: Option<u64>,
+    pub failback: Option<bool>,
+    pub failback_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -77,6 +79,11 @@ pub struct Service {
     pub health_timeout_ms: Option<u64>,
     pub health_fall: Option<u32>,
     pub health_rise: Option<u32>,
+    pub feedback: Option<bool>,
+    pub feedback_gain: Option<u32>,
+    pub feedback_scale: Option<u32>,
+    pub feedback_response_ms: Option<u64>,
+    pub feedback_input_percent: Option<u8>,
     #[serde(default)]
     pub real_server: Vec<RealServer>,
 }

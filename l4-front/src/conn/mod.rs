@@ -5,5 +5,5 @@ pub mod state;
 pub mod table;
 pub mod wheel;
 
-pub use state::{ConnState, Timeouts};
+pub use state::{ConnState, Segment, Timeouts};
 pub use table::{Conn, ConnKey, ConnTable, Event, Hit, RevKey, Target};

@@ -7,11 +7,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::config::Method;
-use crate::conn::{ConnKey, ConnState, Event, Hit, RevKey, Target};
+use crate::conn::{ConnKey, ConnState, Event, Hit, RevKey, Segment, Target};
 use crate::packet::parse::{self, icmp_is_error, parse_icmp_quote, ETH_HLEN};
 use crate::packet::rewrite::{self, NatSide, TUN_OVERHEAD};
 use crate::packet::{DropReason, Frame, Ipv4, L4};
-use crate::service::Shared;
+use crate::service::{Services, Shared};
 use crate::stats::{Counter, WorkerStats};
 
 /// Largest frame the data path builds (TUN: jumbo MTU + outer header).
@@ -33,6 +33,10 @@ pub enum Verdict {
 /// block; the shared tables (services, connection table) behind an Arc.
 pub struct Processor {
     shared: Arc<Shared>,
+    /// The service snapshot this worker uses, and its generation: replaced
+    /// when `Shared::generation` moves (a run-time `l4adm` change).
+    view: Arc<Services>,
+    generation: u64,
     stats: Arc<WorkerStats>,
     out: Vec<u8>,
     ip_id: u16,
@@ -43,7 +47,10 @@ pub struct Processor {
 impl Processor {
     pub fn new(shared: Arc<Shared>, stats: Arc<WorkerStats>) -> Self {
         let drop_ctr = shared.defense.drop_rate;
+        let generation = shared.generation();
         Processor {
+            view: shared.services(),
+            generation,
             shared,
             stats,
             out: vec![0u8; OUT_BUF],
@@ -83,6 +90,11 @@ impl Processor {
     /// checksum incomplete (veth offload, `TP_STATUS_CSUMNOTREADY`).
     /// `now` is seconds on the connection table's clock.
     pub fn process(&mut self, frame: &mut [u8], csum_partial: bool, now: u32) -> Verdict {
+        let g = self.shared.generation();
+        if g != self.generation {
+            self.view = self.shared.services();
+            self.generation = g;
+        }
         self.stats.add(Counter::RxFrames, 1);
         self.stats.add(Counter::RxBytes, frame.len() as u64);
         let v = self.classify(frame, csum_partial, now);
@@ -100,7 +112,7 @@ impl Processor {
             Ok(Frame::Arp(a)) => {
                 if self.shared.answer_arp
                     && a.op == 1
-                    && self.shared.vips.contains(&a.tpa)
+                    && self.view.arp_vips.contains(&a.tpa)
                     && self.shared.active.load(Ordering::Relaxed)
                 {
                     self.stats.add(Counter::ArpReplies, 1);
@@ -119,14 +131,12 @@ impl Processor {
         if frame[0..6] != self.shared.local_mac {
             return Verdict::Pass;
         }
-        if self.shared.vips.contains(&ip.dst) {
+        if self.view.vips.contains(&ip.dst) {
             return self.for_vip(frame, &ip, csum_partial, now);
         }
-        if !self.shared.nat_servers.is_empty() {
-            if let L4::Tcp { sport, .. } | L4::Udp { sport, .. } = ip.l4 {
-                if self.shared.nat_servers.contains(&(ip.proto, ip.src, sport)) {
-                    return self.nat_reply(frame, &ip, csum_partial);
-                }
+        if let L4::Tcp { sport, .. } | L4::Udp { sport, .. } = ip.l4 {
+            if self.view.is_nat_server(ip.proto, ip.src, sport) {
+                return self.nat_reply(frame, &ip, csum_partial);
             }
         }
         Verdict::Pass
@@ -138,13 +148,23 @@ impl Processor {
                 sport,
                 dport,
                 flags,
-            } => (Event::Tcp(flags), sport, dport),
+            } => {
+                // The sequence number and payload length, for secure_tcp
+                // (the parser guaranteed a whole 20-byte TCP header).
+                let o = ip.l4_off();
+                let seq = frame
+                    .get(o + 4..o + 8)
+                    .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                let doff = frame.get(o + 12).map_or(20, |b| (b >> 4) as usize * 4);
+                let len = ip.total_len.saturating_sub(ip.ihl + doff) as u32;
+                (Event::TcpSeq(Segment { flags, seq, len }), sport, dport)
+            }
             L4::Udp { sport, dport } => (Event::Udp, sport, dport),
             L4::Icmp { ty, .. } if icmp_is_error(ty) => return self.icmp_error(frame, ip),
             L4::Fragment => return Verdict::Drop(DropReason::Fragment),
             _ => return Verdict::Drop(DropReason::NoService),
         };
-        let Some(&svc) = self.shared.index.get(&(ip.proto, ip.dst, dport)) else {
+        let Some(svc) = self.view.lookup(ip.proto, ip.dst, dport) else {
             return Verdict::Drop(DropReason::NoService);
         };
         if ip.frame_len() > self.shared.mtu as usize + ETH_HLEN {
@@ -161,7 +181,9 @@ impl Processor {
         let mut cmac = [0u8; 6];
         cmac.copy_from_slice(&frame[6..12]);
         let shared = &*self.shared;
-        let service = &shared.services[svc as usize];
+        let Some(service) = self.view.list.get(svc as usize) else {
+            return Verdict::Drop(DropReason::NoService);
+        };
         let drop_ctr = &mut self.drop_ctr;
         let schedule = || {
             // drop_packet (§5.2.9): refuse one new connection in drop_rate.
@@ -176,12 +198,15 @@ impl Processor {
                 .pick(ip.src, sport)
                 .ok_or(DropReason::NoRealServer)?;
             let r = &service.servers[rs];
+            let method = service.methods[rs];
             Ok(Target {
                 svc,
                 rs: rs as u16,
                 raddr: r.addr,
-                rport: r.port,
-                nat: service.methods[rs] == Method::Nat,
+                // Port 0 (all-ports service): the client's port.
+                rport: if r.port == 0 { dport } else { r.port },
+                nat: method == Method::Nat,
+                tun: method == Method::Tun,
                 persistent: false,
             })
         };
@@ -196,13 +221,20 @@ impl Processor {
                 Err(DropReason::NoRealServer)
             }) {
                 Err(_) if new_conn => {
-                    let tkey = shared.template_key(svc, ip.src);
+                    let tkey = service.template_key(ip.src);
                     let persist = service.cfg.persistence;
                     match shared.table.track_template(tkey, now, persist, schedule) {
                         Ok(t) => {
                             let r = shared.table.track(key, ev, now, cmac, || {
+                                // All-ports template: each connection
+                                // keeps its own destination port.
+                                let all_ports = matches!(
+                                    service.servers.get(t.rs as usize),
+                                    Some(r) if r.port == 0
+                                );
                                 Ok(Target {
                                     persistent: true,
+                                    rport: if all_ports { dport } else { t.rport },
                                     ..t
                                 })
                             });
@@ -235,8 +267,8 @@ impl Processor {
     /// Keeps the real servers' active/inactive counts (lc, wlc) in step.
     fn account(&self, hit: &Hit) {
         let Some(rs) = self
-            .shared
-            .services
+            .view
+            .list
             .get(hit.target.svc as usize)
             .and_then(|s| s.servers.get(hit.target.rs as usize))
         else {
@@ -252,6 +284,7 @@ impl Processor {
         match hit.old {
             None => {
                 ctr(hit.new).fetch_add(1, Ordering::Relaxed);
+                rs.created.fetch_add(1, Ordering::Relaxed);
             }
             Some(old) if old.is_active() != hit.new.is_active() => {
                 let _ = ctr(old)
@@ -264,12 +297,16 @@ impl Processor {
 
     /// Sends a packet of connection `t` to its real server.
     fn forward(&mut self, frame: &mut [u8], ip: &Ipv4, t: Target) -> Verdict {
-        let service = &self.shared.services[t.svc as usize];
-        let Some(mac) = service.mac(t.rs as usize) else {
+        let Some(mac) = self
+            .view
+            .list
+            .get(t.svc as usize)
+            .and_then(|s| s.mac(t.rs as usize))
+        else {
             return Verdict::Drop(DropReason::NoRealServer);
         };
         let local = self.shared.local_mac;
-        match service.methods[t.rs as usize] {
+        match t.method() {
             Method::Dr => {
                 rewrite::dr(frame, local, mac);
                 Verdict::SendInput(ip.frame_len())
@@ -346,8 +383,12 @@ impl Processor {
         self.stats.add(Counter::IcmpRelayed, 1);
         if c.nat {
             // The real server must recognise its own reply in the quote.
-            let service = &self.shared.services[c.svc as usize];
-            let Some(mac) = service.mac(c.rs as usize) else {
+            let Some(mac) = self
+                .view
+                .list
+                .get(c.svc as usize)
+                .and_then(|s| s.mac(c.rs as usize))
+            else {
                 return Verdict::Drop(DropReason::NoRealServer);
             };
             if let Err(r) = rewrite::nat_icmp_to_real_server(frame, ip, &q, c.raddr, c.rport) {

@@ -1,6 +1,8 @@
 //! Least connection: the server with the smallest IPVS overhead
 //! (active × 256 + inactive), ignoring weights except 0 (drain).
 
+use std::sync::Arc;
+
 use super::{RealServer, Scheduler};
 
 pub struct LeastConnection;
@@ -10,9 +12,9 @@ impl Scheduler for LeastConnection {
         "lc"
     }
 
-    fn rebuild(&mut self, _servers: &[RealServer]) {}
+    fn rebuild(&mut self, _servers: &[Arc<RealServer>]) {}
 
-    fn pick(&mut self, servers: &[RealServer], _caddr: u32, _cport: u16) -> Option<usize> {
+    fn pick(&mut self, servers: &[Arc<RealServer>], _caddr: u32, _cport: u16) -> Option<usize> {
         servers
             .iter()
             .enumerate()

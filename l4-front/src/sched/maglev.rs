@@ -4,6 +4,8 @@
 //! moves only the connections it held; the table is built in `rebuild`, the
 //! data path does one hash and one load.
 
+use std::sync::Arc;
+
 use super::{server_hash, RealServer, Scheduler};
 
 /// Lookup table size: a prime well above 100 × the expected server count.
@@ -16,7 +18,7 @@ pub struct Maglev {
 
 impl Maglev {
     /// Builds a table of `size` (prime) slots.
-    pub fn build(servers: &[RealServer], size: usize) -> Vec<u16> {
+    pub fn build(servers: &[Arc<RealServer>], size: usize) -> Vec<u16> {
         let live: Vec<usize> = (0..servers.len())
             .filter(|&i| servers[i].effective_weight() > 0)
             .collect();
@@ -62,11 +64,11 @@ impl Scheduler for Maglev {
         "maglev"
     }
 
-    fn rebuild(&mut self, servers: &[RealServer]) {
+    fn rebuild(&mut self, servers: &[Arc<RealServer>]) {
         self.table = Self::build(servers, TABLE_SIZE);
     }
 
-    fn pick(&mut self, servers: &[RealServer], caddr: u32, cport: u16) -> Option<usize> {
+    fn pick(&mut self, servers: &[Arc<RealServer>], caddr: u32, cport: u16) -> Option<usize> {
         if self.table.is_empty() {
             return None;
         }

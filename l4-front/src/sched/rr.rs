@@ -1,5 +1,7 @@
 //! Round robin: servers in turn, skipping weight 0.
 
+use std::sync::Arc;
+
 use super::{RealServer, Scheduler};
 
 #[derive(Default)]
@@ -12,9 +14,9 @@ impl Scheduler for RoundRobin {
         "rr"
     }
 
-    fn rebuild(&mut self, _servers: &[RealServer]) {}
+    fn rebuild(&mut self, _servers: &[Arc<RealServer>]) {}
 
-    fn pick(&mut self, servers: &[RealServer], _caddr: u32, _cport: u16) -> Option<usize> {
+    fn pick(&mut self, servers: &[Arc<RealServer>], _caddr: u32, _cport: u16) -> Option<usize> {
         let n = servers.len();
         for k in 0..n {
             let i = (self.next + k) % n;

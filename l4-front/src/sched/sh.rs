@@ -3,6 +3,8 @@
 //! A bucket whose server is now down or draining yields no server until the
 //! next rebuild (as IPVS sh without its fallback flag).
 
+use std::sync::Arc;
+
 use super::{RealServer, Scheduler};
 
 const BUCKETS: usize = 256;
@@ -17,7 +19,7 @@ impl Scheduler for SourceHash {
         "sh"
     }
 
-    fn rebuild(&mut self, servers: &[RealServer]) {
+    fn rebuild(&mut self, servers: &[Arc<RealServer>]) {
         self.table.clear();
         let live: Vec<(usize, u32)> = servers
             .iter()
@@ -42,7 +44,7 @@ impl Scheduler for SourceHash {
         }
     }
 
-    fn pick(&mut self, servers: &[RealServer], caddr: u32, _cport: u16) -> Option<usize> {
+    fn pick(&mut self, servers: &[Arc<RealServer>], caddr: u32, _cport: u16) -> Option<usize> {
         if self.table.is_empty() {
             return None;
         }

@@ -1,6 +1,8 @@
 //! Weighted least connection: the smallest overhead / weight, compared by
 //! cross-multiplication as IPVS does (no division on the data path).
 
+use std::sync::Arc;
+
 use super::{RealServer, Scheduler};
 
 pub struct WeightedLeastConnection;
@@ -10,9 +12,9 @@ impl Scheduler for WeightedLeastConnection {
         "wlc"
     }
 
-    fn rebuild(&mut self, _servers: &[RealServer]) {}
+    fn rebuild(&mut self, _servers: &[Arc<RealServer>]) {}
 
-    fn pick(&mut self, servers: &[RealServer], _caddr: u32, _cport: u16) -> Option<usize> {
+    fn pick(&mut self, servers: &[Arc<RealServer>], _caddr: u32, _cport: u16) -> Option<usize> {
         let mut best: Option<(usize, u64, u64)> = None;
         for (i, s) in servers.iter().enumerate() {
             let w = s.effective_weight() as u64;

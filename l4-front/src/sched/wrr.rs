@@ -3,6 +3,8 @@
 //! the servers whose weight is at least `cw`. Weights 4, 3, 2 give
 //! AABABCABC.
 
+use std::sync::Arc;
+
 use super::{RealServer, Scheduler};
 
 #[derive(Default)]
@@ -26,7 +28,7 @@ impl Scheduler for WeightedRoundRobin {
         "wrr"
     }
 
-    fn rebuild(&mut self, servers: &[RealServer]) {
+    fn rebuild(&mut self, servers: &[Arc<RealServer>]) {
         let ws = servers.iter().map(|s| s.effective_weight());
         self.max = ws.clone().max().unwrap_or(0);
         self.gcd = ws.fold(0, gcd).max(1);
@@ -34,7 +36,7 @@ impl Scheduler for WeightedRoundRobin {
         self.cw = 0;
     }
 
-    fn pick(&mut self, servers: &[RealServer], _caddr: u32, _cport: u16) -> Option<usize> {
+    fn pick(&mut self, servers: &[Arc<RealServer>], _caddr: u32, _cport: u16) -> Option<usize> {
         let n = servers.len();
         if n == 0 || self.max == 0 {
             return None;

@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use super::{lock, Conn, ConnKey, ConnState, ConnTable, DropReason, Target};
 
 impl ConnTable {
-    /// secure_tcp (§5.2.9): while on, half-open entries live `syn` seconds.
+    /// secure_tcp (§5.2.9): while on, half-open and closing entries live
+    /// `syn` seconds and states change only on valid steps
+    /// (`state::tcp_next_secure`).
     pub fn set_secure(&self, on: bool, syn: u32) {
         self.secure_syn.store(syn.max(1), Ordering::Relaxed);
         self.secure.store(on, Ordering::Relaxed);
@@ -71,9 +73,9 @@ impl ConnTable {
         }
         let conn = Conn {
             expires,
-            packets: 0,
             refs: 0,
             timeout: 0,
+            seq_next: 0,
             ..c
         };
         let id = sh.conns.insert(conn) as u32;
@@ -112,16 +114,17 @@ impl ConnTable {
             key: tkey,
             raddr: target.raddr,
             expires,
-            packets: 0,
             rport: target.rport,
             svc: target.svc,
             rs: target.rs,
             state: ConnState::Template,
             nat: target.nat,
+            tun: target.tun,
             persistent: false,
             refs: 1,
             timeout,
             cmac: [0; 6],
+            seq_next: 0,
         };
         let id = sh.conns.insert(conn) as u32;
         sh.map.insert(tkey, id);

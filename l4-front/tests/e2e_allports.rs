@@ -1,0 +1,56 @@
+//! All-ports persistence (§5.2.6) end to end in network namespaces: a
+//! port-0 DR service with persistence; both real servers serve ports 80 and
+//! 8080. Every request of the client, on either port, reaches the same real
+//! server (one template for its network covers all ports), although the
+//! scheduler is round robin.
+
+mod common;
+
+use common::{http_get, Lab, VIP};
+
+#[test]
+fn all_ports_service_sticks_a_client_to_one_server_on_every_port() {
+    skip_unless_lab!();
+    let mut lab = Lab::new("p");
+    lab.build(2);
+    for i in 1..=2 {
+        let role = format!("rs{i}");
+        lab.http_server_on(&role, 80, &format!("rs{i} port 80\n"));
+        lab.http_server_on(&role, 8080, &format!("rs{i} port 8080\n"));
+    }
+    let cfg = lab.dir.join("l4-front.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[director]\ninterface = \"d0\"\nworkers = 2\nstats_file = \"{}\"\n\
+             stats_interval_ms = 100\n\n\
+             [[service]]\nvip = \"{VIP}\"\nport = 0\nscheduler = \"rr\"\n\
+             persistence = 300\npersistence_netmask = 24\n\
+             [[service.real_server]]\naddress = \"10.201.2.11\"\n\
+             [[service.real_server]]\naddress = \"10.201.2.12\"\n",
+            lab.dir.join("stats").display()
+        ),
+    )
+    .unwrap();
+    lab.spawn(
+        "dir",
+        "l4-front",
+        &[
+            env!("CARGO_BIN_EXE_l4-front"),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        &[],
+    );
+    lab.wait_for_file(&lab.dir.join("stats"), "l4-front", "l4-front");
+    let mut seen = Vec::new();
+    for port in [80u16, 8080, 80, 8080, 8080, 80] {
+        let r = http_get(&lab.ns("cl"), format!("{VIP}:{port}").parse().unwrap())
+            .unwrap_or_else(|e| panic!("port {port}: {e}\n{}", lab.log("l4-front")));
+        let last = r.lines().last().unwrap_or_default().to_string();
+        assert!(last.ends_with(&format!("port {port}")), "{r}");
+        seen.push(last[..3].to_string());
+    }
+    seen.dedup();
+    assert_eq!(seen.len(), 1, "one real server for every port: {seen:?}");
+}
