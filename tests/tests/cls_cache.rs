@@ -310,3 +310,38 @@ fn hung_cls_costs_only_the_lookup_timeout() {
     // dropped the hung connection and reconnected).
     wait_placing(k.addr());
 }
+
+#[test]
+fn origin_connections_are_pooled() {
+    // One worker, so every client connection finds the same origin pool.
+    let caches = caches();
+    let origin = Origin::start("origin");
+    let mut cfg = Config::new("rr", &tests::addrs(&caches));
+    cfg.workers = 1;
+    cfg.svc().keys = "mode = \"cache\"\n".into();
+    cfg.svc().extra = format!(
+        "[service.cache]\nmax_origins = 4\n\n[service.cache.origins]\n\"origin.test\" = \"{}\"\n",
+        origin.addr()
+    );
+    let k = Ktcpvs::start(&cfg);
+    // Sequential non-cacheable requests, each on a new client connection.
+    for i in 0..20 {
+        let r = get(k.addr(), &format!("/search?q={i}"), "");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.origin(), "origin");
+    }
+    let post = "POST /form HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+    let r = fetch(k.addr(), post.as_bytes()).expect("POST");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.origin(), "origin");
+    assert_eq!(origin.requests(), 21);
+    assert_eq!(
+        origin.connections(),
+        1,
+        "sequential origin requests opened more than one connection"
+    );
+    // Cacheable requests still go to the caches (no CLS: the scheduler).
+    let r = get(k.addr(), "/a.html", "");
+    assert!(r.origin().starts_with('c'), "went to {}", r.origin());
+    assert_eq!(origin.requests(), 21);
+}
