@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tests::{dead_addr, fetch, request, wait_until, ClsServer, Config, Ktcpvs, Origin, Server};
+use tests::{
+    dead_addr, fetch, request, wait_until, ClsServer, Config, Ktcpvs, Origin, RawBehaviour,
+    RawOrigin, Server,
+};
 
 fn caches() -> Vec<Origin> {
     (1..=3).map(|i| Origin::start(&format!("c{i}"))).collect()
@@ -344,4 +347,29 @@ fn origin_connections_are_pooled() {
     let r = get(k.addr(), "/a.html", "");
     assert!(r.origin().starts_with('c'), "went to {}", r.origin());
     assert_eq!(origin.requests(), 21);
+}
+
+#[test]
+fn origin_closing_pooled_connections_fails_no_request() {
+    // The origin answers keep-alive but closes each connection right
+    // after: the next request finds a dead pooled connection (reset while
+    // sending, or found stale by the probe) and is sent again on a fresh one.
+    let caches = caches();
+    let origin = RawOrigin::start(RawBehaviour::Script(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Origin: raw\r\n\r\nok".to_vec(),
+    ));
+    let mut cfg = Config::new("rr", &tests::addrs(&caches));
+    cfg.workers = 1;
+    cfg.svc().keys = "mode = \"cache\"\n".into();
+    cfg.svc().extra = format!(
+        "[service.cache.origins]\n\"origin.test\" = \"{}\"\n",
+        origin.addr()
+    );
+    let k = Ktcpvs::start(&cfg);
+    for i in 0..8 {
+        let r = get(k.addr(), &format!("/search?q={i}"), "");
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(r.body, b"ok");
+    }
+    assert_eq!(origin.requests().len(), 8);
 }
