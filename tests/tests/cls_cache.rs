@@ -314,19 +314,23 @@ fn hung_cls_costs_only_the_lookup_timeout() {
     wait_placing(k.addr());
 }
 
-#[test]
-fn origin_connections_are_pooled() {
-    // One worker, so every client connection finds the same origin pool.
-    let caches = caches();
-    let origin = Origin::start("origin");
-    let mut cfg = Config::new("rr", &tests::addrs(&caches));
+/// A cache-mode switch without a CLS on one worker (so every client
+/// connection finds the same origin pool), `origin.test` → `origin`.
+fn one_worker_cache_front(caches: &[Origin], origin: SocketAddr) -> Ktcpvs {
+    let mut cfg = Config::new("rr", &tests::addrs(caches));
     cfg.workers = 1;
     cfg.svc().keys = "mode = \"cache\"\n".into();
     cfg.svc().extra = format!(
-        "[service.cache]\nmax_origins = 4\n\n[service.cache.origins]\n\"origin.test\" = \"{}\"\n",
-        origin.addr()
+        "[service.cache]\nmax_origins = 4\n\n[service.cache.origins]\n\"origin.test\" = \"{origin}\"\n"
     );
-    let k = Ktcpvs::start(&cfg);
+    Ktcpvs::start(&cfg)
+}
+
+#[test]
+fn origin_connections_are_pooled() {
+    let caches = caches();
+    let origin = Origin::start("origin");
+    let k = one_worker_cache_front(&caches, origin.addr());
     // Sequential non-cacheable requests, each on a new client connection.
     for i in 0..20 {
         let r = get(k.addr(), &format!("/search?q={i}"), "");
@@ -358,14 +362,7 @@ fn origin_closing_pooled_connections_fails_no_request() {
     let origin = RawOrigin::start(RawBehaviour::Script(
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Origin: raw\r\n\r\nok".to_vec(),
     ));
-    let mut cfg = Config::new("rr", &tests::addrs(&caches));
-    cfg.workers = 1;
-    cfg.svc().keys = "mode = \"cache\"\n".into();
-    cfg.svc().extra = format!(
-        "[service.cache.origins]\n\"origin.test\" = \"{}\"\n",
-        origin.addr()
-    );
-    let k = Ktcpvs::start(&cfg);
+    let k = one_worker_cache_front(&caches, origin.addr());
     for i in 0..8 {
         let r = get(k.addr(), &format!("/search?q={i}"), "");
         assert_eq!(r.status, 200, "request {i}");
