@@ -91,6 +91,12 @@ def metric(port, name):
     return float(m.group(1)) if m else None
 
 
+def cls_metric(name):
+    txt = urllib.request.urlopen(f"http://127.0.0.1:{CLS_METRICS}/metrics", timeout=5).read().decode()
+    m = re.search(rf"^{name} (\d+)$", txt, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
 def parse_wrk(out):
     r = {"rps": 0.0, "errors": 0}
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
@@ -191,13 +197,28 @@ def main():
         # loaded during the run may have a server set of several members,
         # and LBLL then picks the least loaded member, which each assignment
         # changes.
+        # Each disagreement is explained by the counters read around its
+        # pair of requests: a local fallback in either distributor
+        # (ktcpvs_cls_local_total moved) or a server failed / re-admitted by
+        # the CLS's monitor (its set changed between the two lookups).
         agree = 0
+        why = []
+        locals_ = lambda: tuple(metric(DIST[n][1], "ktcpvs_cls_local_total") for n in ("cls", "cls-b"))
+        monitor = lambda: (cls_metric("cls_server_failures_total"),
+                           cls_metric("cls_server_readmissions_total"))
         for i in range(1, 51):
             seen = []
+            l0, m0 = locals_(), monitor()
             for name in ("cls", "cls-b"):
                 r = urllib.request.urlopen(f"http://127.0.0.1:{DIST[name][0]}/fresh/{i}.html", timeout=5)
                 seen.append(r.headers.get("X-Origin"))
-            agree += seen[0] == seen[1]
+            l1, m1 = locals_(), monitor()
+            if seen[0] == seen[1]:
+                agree += 1
+            else:
+                why.append(f"/fresh/{i}.html: {seen[0]} vs {seen[1]}; local fallbacks "
+                           f"+{l1[0] - l0[0]:.0f}/+{l1[1] - l0[1]:.0f}, CLS monitor "
+                           f"failures +{m1[0] - m0[0]:.0f}, readmissions +{m1[1] - m0[1]:.0f}")
         counters = {n: (metric(DIST[n][1], "ktcpvs_cls_placed_total"),
                         metric(DIST[n][1], "ktcpvs_cls_local_total")) for n in ("cls", "cls-b")}
     finally:
@@ -224,6 +245,8 @@ def main():
     print(f"\nPlaced by the CLS / by the local fallback (whole run): "
           + ", ".join(f"{n}: {int(p or 0):,} / {int(q or 0):,}" for n, (p, q) in counters.items()))
     print(f"Same origin from both distributors for {agree} of 50 fresh targets.")
+    for w in why:
+        print(f"  {w}")
 
 
 if __name__ == "__main__":

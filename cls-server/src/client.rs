@@ -19,13 +19,16 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -105,7 +108,20 @@ pub struct ClientStats {
     pub connects: u64,
 }
 
-type Reply = oneshot::Sender<Result<Answer, ClsError>>;
+/// Key of a lookup's [`Waiting`] cell in `Shared::cells`.
+type Reply = usize;
+
+/// Where a lookup's answer meets its caller: one slab entry per pending
+/// lookup, reused after it (no allocation per lookup once the slab has
+/// grown to the peak number of pending lookups).
+#[derive(Default)]
+struct Waiting {
+    result: Option<Result<Answer, ClsError>>,
+    waker: Option<Waker>,
+    /// The caller stopped waiting (its future was dropped): whoever would
+    /// answer frees the cell instead.
+    gone: bool,
+}
 
 /// A queued lookup. Its deadline is enforced by the driver (one timer for
 /// all lookups, not one per lookup: a per-lookup tokio timer cost about as
@@ -116,7 +132,8 @@ struct Pending {
     tx: Reply,
 }
 
-/// A lookup in the batch in flight; `tx` is taken when it times out.
+/// A lookup in the batch in flight; `tx` is taken when it is answered
+/// (e.g. times out).
 struct Slot {
     deadline: Instant,
     tx: Option<Reply>,
@@ -137,6 +154,8 @@ struct State {
 struct Shared {
     cfg: ClientConfig,
     st: RefCell<State>,
+    /// One cell per pending lookup (queued or in flight).
+    cells: RefCell<slab::Slab<Waiting>>,
     wake: Notify,
     answered: Cell<u64>,
     batches: Cell<u64>,
@@ -146,9 +165,91 @@ struct Shared {
 
 impl Shared {
     fn fail_queue(&self, e: ClsError) {
-        let q = std::mem::take(&mut self.st.borrow_mut().queue);
-        for p in q {
-            let _ = p.tx.send(Err(e));
+        loop {
+            let Some(p) = self.st.borrow_mut().queue.pop_front() else {
+                return;
+            };
+            self.answer(p.tx, Err(e));
+        }
+    }
+
+    /// Hands lookup `key` its result (or frees its cell if the caller is
+    /// gone). Each key is answered exactly once.
+    fn answer(&self, key: Reply, r: Result<Answer, ClsError>) {
+        let waker = {
+            let mut cells = self.cells.borrow_mut();
+            let Some(c) = cells.get_mut(key) else {
+                return;
+            };
+            if c.gone {
+                cells.remove(key);
+                return;
+            }
+            c.result = Some(r);
+            c.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Whether the caller of lookup `key` stopped waiting; frees its cell
+    /// if so.
+    fn abandoned(&self, key: Reply) -> bool {
+        let mut cells = self.cells.borrow_mut();
+        if cells.get(key).is_some_and(|c| c.gone) {
+            cells.remove(key);
+            return true;
+        }
+        false
+    }
+}
+
+/// The caller's side of a pending lookup: ready when the driver has put a
+/// result in its cell.
+struct Wait<'a> {
+    sh: &'a Shared,
+    key: Reply,
+    done: bool,
+}
+
+impl Future for Wait<'_> {
+    type Output = Result<Answer, ClsError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut cells = self.sh.cells.borrow_mut();
+        let Some(c) = cells.get_mut(self.key) else {
+            drop(cells);
+            self.done = true;
+            return Poll::Ready(Err(ClsError::Disconnected));
+        };
+        if let Some(r) = c.result.take() {
+            cells.remove(self.key);
+            drop(cells);
+            self.done = true;
+            return Poll::Ready(r);
+        }
+        match &mut c.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            w => *w = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut cells = self.sh.cells.borrow_mut();
+        if let Some(c) = cells.get_mut(self.key) {
+            if c.result.is_some() {
+                cells.remove(self.key);
+            } else {
+                c.gone = true;
+                c.waker = None;
+            }
         }
     }
 }
@@ -167,6 +268,7 @@ impl ClsClient {
         let sh = Rc::new(Shared {
             cfg,
             st: RefCell::new(State::default()),
+            cells: RefCell::new(slab::Slab::new()),
             wake: Notify::new(),
             answered: Cell::new(0),
             batches: Cell::new(0),
@@ -201,7 +303,7 @@ impl ClsClient {
         flags: u8,
         local_node: Option<u16>,
     ) -> Result<Answer, ClsError> {
-        let rx = {
+        let key = {
             let mut st = self.sh.st.borrow_mut();
             if st.closed {
                 return Err(ClsError::Closed);
@@ -212,7 +314,7 @@ impl ClsClient {
             if st.queue.len() >= self.sh.cfg.max_queue {
                 return Err(ClsError::Overloaded);
             }
-            let (tx, rx) = oneshot::channel();
+            let tx = self.sh.cells.borrow_mut().insert(Waiting::default());
             st.queue.push_back(Pending {
                 item: LookupItem {
                     id,
@@ -222,15 +324,17 @@ impl ClsClient {
                 deadline: Instant::now() + self.sh.cfg.timeout,
                 tx,
             });
-            rx
+            tx
         };
         self.sh.wake.notify_one();
-        // The driver answers every queued lookup by its deadline (Timeout),
-        // or drops the sender when the connection goes.
-        match rx.await {
-            Ok(r) => r,
-            Err(_) => Err(ClsError::Disconnected),
+        // The driver answers every queued lookup: with the CLS's answer, by
+        // its deadline (Timeout), or when the connection goes.
+        Wait {
+            sh: &self.sh,
+            key,
+            done: false,
         }
+        .await
     }
 
     /// Records this distributor's in-flight connection units per server
@@ -281,6 +385,12 @@ impl ClsClient {
     /// The CLS's server table as announced (normally index = server id).
     pub fn servers(&self) -> Vec<ServerEntry> {
         self.sh.st.borrow().servers.clone()
+    }
+
+    /// Lookups whose cell is still in use (queued, in flight, or answered
+    /// but not yet collected by a caller).
+    pub fn pending(&self) -> usize {
+        self.sh.cells.borrow().len()
     }
 
     pub fn stats(&self) -> ClientStats {
@@ -392,7 +502,7 @@ async fn drive(sh: Rc<Shared>) {
         let connected = std::mem::replace(&mut sh.st.borrow_mut().connected, false);
         for slot in inflight.drain(..) {
             if let Some(tx) = slot.tx {
-                let _ = tx.send(Err(ClsError::Disconnected));
+                sh.answer(tx, Err(ClsError::Disconnected));
             }
         }
         sh.fail_queue(ClsError::Disconnected);
@@ -435,13 +545,19 @@ fn expire(sh: &Shared, inflight: &mut Inflight, now: Instant) {
             break;
         }
         if let Some(tx) = s.tx.take() {
-            let _ = tx.send(Err(ClsError::Timeout));
+            sh.answer(tx, Err(ClsError::Timeout));
         }
     }
-    let mut st = sh.st.borrow_mut();
-    while st.queue.front().is_some_and(|p| p.deadline <= now) {
-        if let Some(p) = st.queue.pop_front() {
-            let _ = p.tx.send(Err(ClsError::Timeout));
+    loop {
+        let p = {
+            let mut st = sh.st.borrow_mut();
+            if st.queue.front().is_none_or(|p| p.deadline > now) {
+                return;
+            }
+            st.queue.pop_front()
+        };
+        if let Some(p) = p {
+            sh.answer(p.tx, Err(ClsError::Timeout));
         }
     }
 }
@@ -541,7 +657,7 @@ async fn session(
                 while inflight.len() < max_batch {
                     let Some(p) = st.queue.pop_front() else { break };
                     // Skip lookups whose caller already gave up.
-                    if p.tx.is_closed() {
+                    if sh.abandoned(p.tx) {
                         continue;
                     }
                     w.push_lookup(&p.item);
@@ -589,7 +705,7 @@ async fn session(
             Frame::BatchAnswer(a) if a.request_id == *req_id && a.len() == inflight.len() => {
                 for (slot, ans) in inflight.drain(..).zip(a.answers()) {
                     if let Some(tx) = slot.tx {
-                        let _ = tx.send(Ok(ans));
+                        sh.answer(tx, Ok(ans));
                     }
                 }
                 sh.answered.set(sh.answered.get() + a.len() as u64);

@@ -106,6 +106,31 @@ fn concurrent_lookups_are_batched_and_answered() {
         let before = h.metrics().snapshot().batches;
         c.lookup([7; 16], flags::DYNAMIC, None).await.unwrap();
         assert_eq!(h.metrics().snapshot().batches, before + 1);
+        assert_eq!(c.pending(), 0, "answered lookups left their cells behind");
+        // Callers that stop waiting (their lookup future dropped after it
+        // queued) free their cells too, and the others are still answered.
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..200u32 {
+            let c = Rc::clone(&c);
+            set.spawn_local(async move {
+                let l = c.lookup(content_id(format!("/gone{i}").as_bytes()), 0, None);
+                if i % 2 == 0 {
+                    // Polled once (queued), then dropped.
+                    let _ = tokio::time::timeout(Duration::ZERO, l).await;
+                    None
+                } else {
+                    Some(l.await)
+                }
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            if let Some(a) = r.unwrap() {
+                assert!(matches!(a, Ok(Answer::Server(_))), "{a:?}");
+            }
+        }
+        // Cells of dropped lookups are freed when the driver reaches them.
+        c.lookup([8; 16], 0, None).await.unwrap();
+        assert_eq!(c.pending(), 0, "abandoned lookups left their cells behind");
     });
 }
 

@@ -18,8 +18,13 @@
 //!   `[service.cache.origins]`. Names are never resolved with DNS: that
 //!   would block the worker. A request whose origin cannot be found this way
 //!   is answered 502.
-//! * Origin connections are not pooled (bypass traffic is the minority);
-//!   each origin exchange opens one and closes it after.
+//! * Origin connections are kept alive per worker and origin address in a
+//!   [`crate::pool::Pool`] keyed by `SocketAddr` (`ServiceRt::origins`):
+//!   at most `pool.max_idle_per_server` idle connections per origin, at
+//!   most `cache.max_origins` origins, closed after `pool.idle_timeout_ms`,
+//!   probed before reuse like the server pool. An idempotent request whose
+//!   reused connection fails before any response byte is sent once more on
+//!   a fresh connection.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -45,6 +50,7 @@ pub struct RawCache {
     pub bypass: Vec<String>,
     #[serde(default)]
     pub origins: std::collections::BTreeMap<String, String>,
+    pub max_origins: Option<usize>,
 }
 
 /// How the origin of a connection is found.
@@ -68,6 +74,8 @@ pub struct CacheConfig {
     pub bypass: Vec<Vec<u8>>,
     /// Host (lower case, with or without `:port`) → origin address.
     pub origins: Vec<(Vec<u8>, SocketAddr)>,
+    /// Most origins with idle keep-alive connections, per worker.
+    pub max_origins: usize,
 }
 
 /// Checks `mode` and `[service.cache]`; `prefix` is e.g. `service[0].`.
@@ -108,6 +116,10 @@ pub fn check_mode(
     if origin_port == 0 {
         return Err(field_err(f("cache.origin_port"), "must not be 0"));
     }
+    let max_origins = raw.max_origins.unwrap_or(256);
+    if !(1..=65_536).contains(&max_origins) {
+        return Err(field_err(f("cache.max_origins"), "must be 1-65536"));
+    }
     let mut bypass = Vec::with_capacity(raw.bypass.len());
     for (i, p) in raw.bypass.into_iter().enumerate() {
         if p.is_empty() {
@@ -133,6 +145,7 @@ pub fn check_mode(
         origin_port,
         bypass,
         origins,
+        max_origins,
     }))
 }
 
@@ -382,8 +395,8 @@ pub async fn route(
     }
 }
 
-/// One exchange with an origin (not pooled). Returns whether the client
-/// connection stays open.
+/// One exchange with an origin, on a pooled keep-alive connection when
+/// one is idle. Returns whether the client connection stays open.
 pub async fn exchange_origin(
     w: &Rc<Worker>,
     s: &ServiceRt,
@@ -394,29 +407,59 @@ pub async fn exchange_origin(
     addr: SocketAddr,
 ) -> bool {
     w.stats.origin_requests_total.fetch_add(1, Relaxed);
-    let conn = match crate::proxy::connect(addr, s.cfg.pool.connect_timeout).await {
-        Ok(c) => Rc::new(c),
-        Err(e) => {
-            w.stats.server_connect_errors_total.fetch_add(1, Relaxed);
-            tracing::debug!(origin = %addr, error = %e, "cannot connect to origin");
-            reply_error(w, client, 502).await;
-            return false;
-        }
-    };
-    w.stats.requests_total.fetch_add(1, Relaxed);
-    let r = crate::proxy::forward(w, s, client, &conn, bufs, head, view).await;
-    let _ = conn.shutdown(std::net::Shutdown::Both);
-    match r {
-        Ok(done) => {
-            w.stats.responses_total.fetch_add(1, Relaxed);
-            if head.body == Body::None {
-                bufs.cb.drain(..head.head_len);
+    let retryable = head.body == Body::None && head.method.idempotent();
+    let max_origins = s.cfg.cache.as_ref().map_or(1, |c| c.max_origins);
+    let mut force_fresh = false;
+    loop {
+        let pooled = if force_fresh {
+            None
+        } else {
+            let (c, stale) = s.origins.borrow_mut().get(0, addr);
+            w.stats.pool_stale_total.fetch_add(stale, Relaxed);
+            c
+        };
+        let reused = pooled.is_some();
+        let conn = match pooled {
+            Some(c) => {
+                w.stats.pool_reused_total.fetch_add(1, Relaxed);
+                c
             }
-            done.keep_client
-        }
-        Err(f) => {
-            crate::proxy::fail_client(w, client, f).await;
-            false
+            None => match crate::proxy::connect(addr, s.cfg.pool.connect_timeout).await {
+                Ok(c) => {
+                    w.stats.pool_new_total.fetch_add(1, Relaxed);
+                    Rc::new(c)
+                }
+                Err(e) => {
+                    w.stats.server_connect_errors_total.fetch_add(1, Relaxed);
+                    tracing::debug!(origin = %addr, error = %e, "cannot connect to origin");
+                    reply_error(w, client, 502).await;
+                    return false;
+                }
+            },
+        };
+        w.stats.requests_total.fetch_add(1, Relaxed);
+        let r = crate::proxy::forward(w, s, client, &conn, bufs, head, view).await;
+        match r {
+            Ok(done) => {
+                if crate::proxy::completed(w, bufs, head, &done) {
+                    s.origins.borrow_mut().put_key(addr, conn, max_origins);
+                } else {
+                    let _ = conn.shutdown(std::net::Shutdown::Both);
+                }
+                return done.keep_client;
+            }
+            Err(crate::proxy::Fail::BeforeResponse) if retryable && reused => {
+                // The origin had closed the idle connection: once more on a
+                // fresh one (which is not retried).
+                w.stats.retries_total.fetch_add(1, Relaxed);
+                tracing::debug!(origin = %addr, "retrying request on a fresh origin connection");
+                force_fresh = true;
+            }
+            Err(f) => {
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+                crate::proxy::fail_client(w, client, f).await;
+                return false;
+            }
         }
     }
 }
@@ -435,6 +478,7 @@ mod tests {
                 transparent: None,
                 origin_port: None,
                 bypass: vec!["/cgi-bin/".into(), ".php".into()],
+                max_origins: None,
                 origins: [("Origin.test".to_string(), "10.0.0.9:8080".to_string())]
                     .into_iter()
                     .collect(),
@@ -551,6 +595,11 @@ mod tests {
             ..Default::default()
         };
         assert!(e(Some("cache"), Some(bad)).starts_with("service[0].cache.origins.a:"));
+        let bad = RawCache {
+            max_origins: Some(0),
+            ..Default::default()
+        };
+        assert!(e(Some("cache"), Some(bad)).starts_with("service[0].cache.max_origins:"));
         assert!(check_mode("s.", None, None).unwrap().is_none());
     }
 }

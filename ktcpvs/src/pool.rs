@@ -11,6 +11,11 @@
 //! and closes those of deleted ones, and a connection coming back from an
 //! exchange that began on an older server list finds its stack (or is
 //! closed if its server is gone).
+//!
+//! The same code keeps the cache front's origin connections
+//! (`crate::cache`): a [`Pool<SocketAddr>`] keyed by origin address, whose
+//! stacks are added on demand by [`Pool::put_key`] up to a maximum number
+//! of origins (an empty stack's slot is reused for a new origin).
 
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -28,17 +33,17 @@ struct Idle {
     since: Instant,
 }
 
-pub struct Pool {
-    /// Server id of each stack.
-    ids: Vec<u64>,
+pub struct Pool<K = u64> {
+    /// Server id (or origin address) of each stack.
+    ids: Vec<K>,
     idle: Vec<Vec<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
 
-impl Pool {
+impl<K: Copy + PartialEq> Pool<K> {
     /// A pool for the servers with these ids (in list order).
-    pub fn new(ids: &[u64], max_idle: usize, idle_timeout: Duration) -> Pool {
+    pub fn new(ids: &[K], max_idle: usize, idle_timeout: Duration) -> Pool<K> {
         Pool {
             ids: ids.to_vec(),
             idle: ids
@@ -52,7 +57,7 @@ impl Pool {
 
     /// The stack of server `id`, `i` being its probable position.
     #[inline]
-    fn slot(&self, i: usize, id: u64) -> Option<usize> {
+    fn slot(&self, i: usize, id: K) -> Option<usize> {
         if self.ids.get(i) == Some(&id) {
             return Some(i);
         }
@@ -62,18 +67,21 @@ impl Pool {
     /// Follows a change of the server list: stacks of the servers that
     /// remain move to their new positions, those of deleted servers are
     /// closed, new servers get empty stacks. Limits may change too.
-    pub fn remap(&mut self, ids: &[u64], max_idle: usize, idle_timeout: Duration) {
-        let mut old_ids = std::mem::take(&mut self.ids);
+    pub fn remap(&mut self, ids: &[K], max_idle: usize, idle_timeout: Duration) {
+        let old_ids = std::mem::take(&mut self.ids);
         let mut old = std::mem::take(&mut self.idle);
+        let mut taken = vec![false; old_ids.len()];
         self.idle = ids
             .iter()
-            .map(|id| match old_ids.iter().position(|x| x == id) {
-                Some(k) => {
-                    old_ids[k] = 0; // ids start at 1: never matches again
-                    std::mem::take(&mut old[k])
-                }
-                None => Vec::with_capacity(max_idle.min(1024)),
-            })
+            .map(
+                |id| match (0..old_ids.len()).find(|&k| !taken[k] && old_ids[k] == *id) {
+                    Some(k) => {
+                        taken[k] = true;
+                        std::mem::take(&mut old[k])
+                    }
+                    None => Vec::with_capacity(max_idle.min(1024)),
+                },
+            )
             .collect();
         self.ids = ids.to_vec();
         self.max_idle = max_idle;
@@ -93,7 +101,7 @@ impl Pool {
     /// A live idle connection to server `id` (at position `i` of the
     /// current list), most recently used first. Returns how many stale
     /// ones were discarded on the way, too.
-    pub fn get(&mut self, i: usize, id: u64) -> (Option<Rc<TcpStream>>, u64) {
+    pub fn get(&mut self, i: usize, id: K) -> (Option<Rc<TcpStream>>, u64) {
         let mut stale = 0;
         let Some(i) = self.slot(i, id) else {
             return (None, 0);
@@ -117,7 +125,7 @@ impl Pool {
     /// Returns a connection to server `id` (position `i` in the list the
     /// exchange used) after a complete exchange. Dropped (closed) if the
     /// server was deleted meanwhile.
-    pub fn put(&mut self, i: usize, id: u64, conn: Rc<TcpStream>) {
+    pub fn put(&mut self, i: usize, id: K, conn: Rc<TcpStream>) {
         let Some(i) = self.slot(i, id) else {
             return;
         };
@@ -127,6 +135,40 @@ impl Pool {
                 conn,
                 since: Instant::now(),
             });
+        }
+    }
+
+    /// Like [`Pool::put`] for pools whose keys come and go (origins): a key
+    /// without a stack gets one if there are fewer than `max_keys`, else
+    /// takes over the slot of an empty stack; with neither, the connection
+    /// is closed.
+    pub fn put_key(&mut self, id: K, conn: Rc<TcpStream>, max_keys: usize) {
+        if self.ids.contains(&id) {
+            return self.put(0, id, conn);
+        }
+        if self.max_idle == 0 || Rc::strong_count(&conn) != 1 {
+            return;
+        }
+        let k = if self.ids.len() < max_keys {
+            self.ids.push(id);
+            self.idle.push(Vec::with_capacity(self.max_idle.min(16)));
+            self.ids.len() - 1
+        } else if let Some(k) = self.idle.iter().position(Vec::is_empty) {
+            self.ids[k] = id;
+            k
+        } else {
+            return;
+        };
+        self.put(k, id, conn);
+    }
+
+    /// Changes the limits (a new version of the service); stacks beyond
+    /// `max_idle` are trimmed.
+    pub fn set_limits(&mut self, max_idle: usize, idle_timeout: Duration) {
+        self.max_idle = max_idle;
+        self.idle_timeout = idle_timeout;
+        for stack in &mut self.idle {
+            stack.truncate(max_idle);
         }
     }
 

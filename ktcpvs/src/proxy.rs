@@ -195,11 +195,7 @@ pub async fn exchange(
         }
         match r {
             Ok(done) => {
-                w.stats.responses_total.fetch_add(1, Relaxed);
-                if head.body == Body::None {
-                    bufs.cb.drain(..head.head_len);
-                }
-                if done.server_reusable && !w.shutting_down() {
+                if completed(w, bufs, head, &done) {
                     s.pool.borrow_mut().put(i, server.id, conn);
                 }
                 return done.keep_client;
@@ -226,6 +222,17 @@ pub async fn exchange(
             }
         }
     }
+}
+
+/// Books a complete exchange (also for `crate::cache`'s origin
+/// exchanges): counts the response, consumes a body-less request from
+/// `bufs.cb`. Returns whether the server connection may be pooled.
+pub(crate) fn completed(w: &Worker, bufs: &mut Bufs, head: &RequestHead, done: &Done) -> bool {
+    w.stats.responses_total.fetch_add(1, Relaxed);
+    if head.body == Body::None {
+        bufs.cb.drain(..head.head_len);
+    }
+    done.server_reusable && !w.shutting_down()
 }
 
 /// Tells the client (or closes on it) after a failed exchange.

@@ -40,6 +40,9 @@ pub struct ServiceRt {
     /// Shared by every version of the service on this worker, keyed by
     /// server id.
     pub pool: Rc<RefCell<Pool>>,
+    /// Cache mode: idle keep-alive connections to origins, keyed by
+    /// address (`crate::cache::exchange_origin`); shared like `pool`.
+    pub origins: Rc<RefCell<Pool<SocketAddr>>>,
     /// Requests waiting for the lblc/lblcr in-flight cap on this worker;
     /// shared by every version of the service on this worker.
     pub queue: Rc<crate::sched::queue::WaitQueue>,
@@ -69,8 +72,22 @@ impl ServiceRt {
                 p.idle_timeout,
             ))),
         };
+        let origins = match old {
+            Some(o) => {
+                o.origins
+                    .borrow_mut()
+                    .set_limits(p.max_idle_per_server, p.idle_timeout);
+                o.origins.clone()
+            }
+            None => Rc::new(RefCell::new(Pool::new(
+                &[],
+                p.max_idle_per_server,
+                p.idle_timeout,
+            ))),
+        };
         ServiceRt {
             id: sh.id,
+            origins,
             shared: sh.clone(),
             cfg: sh.cfg.clone(),
             servers: sh.servers.clone(),
@@ -171,6 +188,7 @@ impl Worker {
         for old in cur.iter() {
             if !next.iter().any(|n| n.id == old.id) {
                 old.pool.borrow_mut().close();
+                old.origins.borrow_mut().close();
             }
         }
         *cur = next;
@@ -290,6 +308,7 @@ pub fn run_worker(
         }
         for s in w.services.borrow().iter() {
             s.pool.borrow_mut().clear();
+            s.origins.borrow_mut().clear();
         }
         debug!(worker = id, "worker stopped");
     });
@@ -376,6 +395,9 @@ async fn housekeeping(w: Rc<Worker>) {
             let mut p = s.pool.borrow_mut();
             p.sweep();
             idle += p.idle_count();
+            let mut o = s.origins.borrow_mut();
+            o.sweep();
+            idle += o.idle_count();
             if w.id == 0 && tick.is_multiple_of(30) {
                 s.table.expire(s.cfg.lblc_expire);
             }

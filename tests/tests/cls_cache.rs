@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tests::{dead_addr, fetch, request, wait_until, ClsServer, Config, Ktcpvs, Origin, Server};
+use tests::{
+    dead_addr, fetch, request, wait_until, ClsServer, Config, Ktcpvs, Origin, RawBehaviour,
+    RawOrigin, Server,
+};
 
 fn caches() -> Vec<Origin> {
     (1..=3).map(|i| Origin::start(&format!("c{i}"))).collect()
@@ -309,4 +312,61 @@ fn hung_cls_costs_only_the_lookup_timeout() {
     // Back to placing through the CLS once it answers again (the client
     // dropped the hung connection and reconnected).
     wait_placing(k.addr());
+}
+
+/// A cache-mode switch without a CLS on one worker (so every client
+/// connection finds the same origin pool), `origin.test` → `origin`.
+fn one_worker_cache_front(caches: &[Origin], origin: SocketAddr) -> Ktcpvs {
+    let mut cfg = Config::new("rr", &tests::addrs(caches));
+    cfg.workers = 1;
+    cfg.svc().keys = "mode = \"cache\"\n".into();
+    cfg.svc().extra = format!(
+        "[service.cache]\nmax_origins = 4\n\n[service.cache.origins]\n\"origin.test\" = \"{origin}\"\n"
+    );
+    Ktcpvs::start(&cfg)
+}
+
+#[test]
+fn origin_connections_are_pooled() {
+    let caches = caches();
+    let origin = Origin::start("origin");
+    let k = one_worker_cache_front(&caches, origin.addr());
+    // Sequential non-cacheable requests, each on a new client connection.
+    for i in 0..20 {
+        let r = get(k.addr(), &format!("/search?q={i}"), "");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.origin(), "origin");
+    }
+    let post = "POST /form HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+    let r = fetch(k.addr(), post.as_bytes()).expect("POST");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.origin(), "origin");
+    assert_eq!(origin.requests(), 21);
+    assert_eq!(
+        origin.connections(),
+        1,
+        "sequential origin requests opened more than one connection"
+    );
+    // Cacheable requests still go to the caches (no CLS: the scheduler).
+    let r = get(k.addr(), "/a.html", "");
+    assert!(r.origin().starts_with('c'), "went to {}", r.origin());
+    assert_eq!(origin.requests(), 21);
+}
+
+#[test]
+fn origin_closing_pooled_connections_fails_no_request() {
+    // The origin answers keep-alive but closes each connection right
+    // after: the next request finds a dead pooled connection (reset while
+    // sending, or found stale by the probe) and is sent again on a fresh one.
+    let caches = caches();
+    let origin = RawOrigin::start(RawBehaviour::Script(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Origin: raw\r\n\r\nok".to_vec(),
+    ));
+    let k = one_worker_cache_front(&caches, origin.addr());
+    for i in 0..8 {
+        let r = get(k.addr(), &format!("/search?q={i}"), "");
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(r.body, b"ok");
+    }
+    assert_eq!(origin.requests().len(), 8);
 }
