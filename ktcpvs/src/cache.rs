@@ -394,10 +394,12 @@ pub async fn exchange_origin(
     addr: SocketAddr,
 ) -> bool {
     w.stats.origin_requests_total.fetch_add(1, Relaxed);
+    crate::obs::note(|r| r.server = Some(addr));
     let conn = match crate::proxy::connect(addr, s.cfg.pool.connect_timeout).await {
         Ok(c) => Rc::new(c),
         Err(e) => {
             w.stats.server_connect_errors_total.fetch_add(1, Relaxed);
+            w.stats.error(crate::metrics::ErrorKind::Connect);
             tracing::debug!(origin = %addr, error = %e, "cannot connect to origin");
             reply_error(w, client, 502).await;
             return false;

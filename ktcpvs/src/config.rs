@@ -55,6 +55,7 @@ pub struct RawGlobal {
     pub shutdown_grace_ms: Option<u64>,
     pub splice_threshold: Option<u64>,
     pub admin_socket: Option<String>,
+    pub access_log: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -170,6 +171,8 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// The tcpvsadm socket; see [`AdminSocket`].
     pub admin_socket: AdminSocket,
+    /// The access log file (`global.access_log`), off when `None`.
+    pub access_log: Option<std::path::PathBuf>,
     /// The file this configuration was read from (what a reload re-reads).
     pub source: Option<std::path::PathBuf>,
 }
@@ -594,6 +597,17 @@ impl RawConfig {
                     ))
                 }
                 Some(p) => AdminSocket::Path(p.into()),
+            },
+            access_log: match g.access_log {
+                None => None,
+                Some(p) if p.is_empty() => None,
+                Some(p) if !p.starts_with('/') => {
+                    return Err(field_err(
+                        "global.access_log",
+                        "must be an absolute path (or \"\" for none)",
+                    ))
+                }
+                Some(p) => Some(p.into()),
             },
             source: None,
         })
