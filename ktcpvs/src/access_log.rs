@@ -302,7 +302,7 @@ fn push_escaped(out: &mut Vec<u8>, v: &[u8]) -> (usize, usize) {
     (start, out.len())
 }
 
-fn field<'a>(scratch: &'a [u8], r: (usize, usize)) -> &'a [u8] {
+fn field(scratch: &[u8], r: (usize, usize)) -> &[u8] {
     match scratch.get(r.0..r.1) {
         Some(v) if !v.is_empty() => v,
         _ => b"-",

@@ -82,6 +82,8 @@ pub struct Config {
     /// `global.admin_socket`; [`crate::Ktcpvs::start`] puts one in the
     /// test's scratch directory when unset.
     pub admin_socket: Option<String>,
+    /// `global.access_log`, if any.
+    pub access_log: Option<String>,
 }
 
 impl Config {
@@ -99,6 +101,7 @@ impl Config {
             client_idle_timeout_ms: 60_000,
             metrics: None,
             admin_socket: None,
+            access_log: None,
             services: vec![Service {
                 name: "web".into(),
                 listen: None,
@@ -132,6 +135,9 @@ impl Config {
         }
         if let Some(p) = &self.admin_socket {
             let _ = writeln!(s, "admin_socket = \"{p}\"");
+        }
+        if let Some(p) = &self.access_log {
+            let _ = writeln!(s, "access_log = \"{p}\"");
         }
         s.push('\n');
         let _ = writeln!(
