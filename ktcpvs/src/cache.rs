@@ -452,6 +452,7 @@ mod tests {
                 x_forwarded_for: false,
                 x_forwarded_proto: false,
                 via: false,
+                request_id: false,
             },
             peer_ip: b"1.2.3.4",
             default_host: b"x",

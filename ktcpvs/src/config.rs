@@ -123,6 +123,7 @@ pub struct RawForwarding {
     pub x_forwarded_for: Option<bool>,
     pub x_forwarded_proto: Option<bool>,
     pub via: Option<bool>,
+    pub request_id: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -232,6 +233,8 @@ pub struct Forwarding {
     pub x_forwarded_for: bool,
     pub x_forwarded_proto: bool,
     pub via: bool,
+    /// Add `X-Request-Id: <worker>-<n>` when the client sent none.
+    pub request_id: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -430,6 +433,7 @@ impl RawConfig {
                 x_forwarded_for: fw.x_forwarded_for.unwrap_or(true),
                 x_forwarded_proto: fw.x_forwarded_proto.unwrap_or(true),
                 via: fw.via.unwrap_or(true),
+                request_id: fw.request_id.unwrap_or(false),
             };
             let p = s.pool;
             let max_idle = p.max_idle_per_server.unwrap_or(64);

@@ -136,6 +136,9 @@ async fn client_loop(
         w.current(&mut s, &mut seen);
         let seq = w.seq.get() + 1;
         w.seq.set(seq);
+        if s.cfg.forwarding.request_id {
+            crate::obs::add_request_id(&bufs.cb[..head.head_len], &mut bufs.out, w.id, seq);
+        }
         let log = w.alog.is_some().then(|| {
             let f = capture(&bufs.cb[..head.head_len], scratch);
             (f, std::time::SystemTime::now(), std::time::Instant::now())

@@ -51,3 +51,45 @@ pub fn note(f: impl FnOnce(&mut Rec)) {
 pub fn take() -> Rec {
     REC.try_with(|c| c.take()).unwrap_or_default()
 }
+
+/// Whether the raw request head `head` has a header `name` (ASCII,
+/// case-insensitive).
+pub fn has_header(head: &[u8], name: &[u8]) -> bool {
+    head.split(|&c| c == b'\n').skip(1).any(|l| {
+        l.len() > name.len() && l[name.len()] == b':' && l[..name.len()].eq_ignore_ascii_case(name)
+    })
+}
+
+/// Adds `X-Request-Id: <worker>-<seq>` to the forwarded head `out` (which
+/// ends with its empty line) unless the client's head `head` has one.
+pub fn add_request_id(head: &[u8], out: &mut Vec<u8>, worker: usize, seq: u64) {
+    use std::io::Write as _;
+    if has_header(head, b"x-request-id") || !out.ends_with(b"\r\n\r\n") {
+        return;
+    }
+    out.truncate(out.len() - 2);
+    let _ = write!(out, "X-Request-Id: {worker}-{seq}\r\n\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_added_unless_present() {
+        let mut out = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
+        add_request_id(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", &mut out, 2, 9);
+        assert_eq!(
+            out,
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: 2-9\r\n\r\n"
+        );
+        let head = b"GET / HTTP/1.1\r\nx-request-ID: abc\r\n\r\n";
+        let mut out = b"GET / HTTP/1.1\r\nx-request-ID: abc\r\n\r\n".to_vec();
+        add_request_id(head, &mut out, 2, 9);
+        assert_eq!(&out[..], &head[..]);
+        assert!(!has_header(
+            b"GET /x-request-id: HTTP/1.1\r\n\r\n",
+            b"x-request-id"
+        ));
+    }
+}

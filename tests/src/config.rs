@@ -55,6 +55,8 @@ pub struct Service {
     pub listen: Option<SocketAddr>,
     pub scheduler: String,
     pub x_forwarded_for: bool,
+    /// `[service.forwarding] request_id` (X-Request-Id to the servers).
+    pub request_id: bool,
     pub x_forwarded_proto: bool,
     pub via: bool,
     pub max_idle_per_server: u32,
@@ -107,6 +109,7 @@ impl Config {
                 listen: None,
                 scheduler: scheduler.into(),
                 x_forwarded_for: true,
+                request_id: false,
                 x_forwarded_proto: true,
                 via: true,
                 max_idle_per_server: 64,
@@ -154,8 +157,8 @@ impl Config {
             );
             let _ = writeln!(
                 s,
-                "[service.forwarding]\nx_forwarded_for = {}\nx_forwarded_proto = {}\nvia = {}\n",
-                svc.x_forwarded_for, svc.x_forwarded_proto, svc.via
+                "[service.forwarding]\nx_forwarded_for = {}\nx_forwarded_proto = {}\nvia = {}\nrequest_id = {}\n",
+                svc.x_forwarded_for, svc.x_forwarded_proto, svc.via, svc.request_id
             );
             let _ = writeln!(
                 s,

@@ -330,6 +330,7 @@ fn access_log_has_one_line_per_request_and_follows_logrotate() {
     let log = dir.join("access.log");
     let mut cfg = Config::new("rr", &[origin.addr()]);
     cfg.access_log = Some(log.display().to_string());
+    cfg.svc().request_id = true;
     let k = Ktcpvs::start(&cfg);
 
     // 1. Two requests on one connection, with Referer and User-Agent.
@@ -401,6 +402,32 @@ fn access_log_has_one_line_per_request_and_follows_logrotate() {
     assert!(parsed
         .iter()
         .all(|p| p.micros < 60_000_000 && !p.time.is_empty()));
+    // X-Request-Id (`request_id = true`): the server saw each forwarded
+    // request's id, the one of its access-log line.
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 5);
+    for s in &seen {
+        let line = find(&format!("GET {} HTTP/1.1", s.target));
+        assert_eq!(
+            s.header("x-request-id"),
+            Some(line.id.as_str()),
+            "{}",
+            s.target
+        );
+    }
+    // One the client sent is passed on, not replaced.
+    let mut c4 = k.client();
+    let r = c4.roundtrip(&request(
+        "GET",
+        "/size/2",
+        &[("X-Request-Id", "client-42")],
+        b"",
+    ));
+    assert_eq!(r.status, 200);
+    let last = origin.seen().pop().expect("seen");
+    assert_eq!(last.headers_named("x-request-id"), vec!["client-42"]);
+    // Every line written before the rotation (no line may be in flight).
+    assert_eq!(read_lines(&log, 7).len(), 7);
 
     // 4. logrotate: rename, SIGHUP, the next lines go to a new file.
     let rotated = dir.join("access.log.1");
@@ -423,6 +450,6 @@ fn access_log_has_one_line_per_request_and_follows_logrotate() {
         assert_eq!(parse_line(l).request, "GET /size/1 HTTP/1.1");
     }
     let old = std::fs::read_to_string(&rotated).unwrap();
-    assert!(old.lines().count() >= 6);
+    assert_eq!(old.lines().count(), 7);
     assert!(old.lines().all(|l| !parse_line(l).request.is_empty()));
 }
