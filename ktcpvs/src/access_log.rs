@@ -179,7 +179,13 @@ impl WorkerLog {
                 self.shared.pending.fetch_sub(1, Relaxed);
                 self.shared.dropped.fetch_add(n, Relaxed);
                 b.clear();
-                *buf = b;
+                // Keep the old buffer; the new one goes back to the free list.
+                let next = std::mem::replace(&mut *buf, b);
+                if let Ok(mut f) = self.shared.free.lock() {
+                    if f.len() < QUEUE {
+                        f.push(next);
+                    }
+                }
             }
         }
     }
@@ -467,7 +473,44 @@ mod tests {
     }
 
     #[test]
-    fn writer_drops_and_counts_when_full_and_reopens() {
+    fn a_full_channel_drops_and_counts_lines_with_bounded_buffers() {
+        // A writer that never reads: the channel fills after QUEUE buffers.
+        let (tx, rx) = sync_channel(QUEUE);
+        let al = Arc::new(AccessLog {
+            tx,
+            free: Arc::new(Mutex::new(Vec::new())),
+            reopen: Arc::new(AtomicBool::new(false)),
+            dropped: AtomicU64::new(0),
+            pending: Arc::new(AtomicU64::new(0)),
+        });
+        let w = WorkerLog::new(al.clone());
+        let mut s = Vec::new();
+        let f = capture(b"GET / HTTP/1.1\r\n\r\n", &mut s);
+        let e = End {
+            status: 200,
+            body_bytes: 1,
+            server: None,
+            micros: 1,
+            worker: 0,
+            seq: 1,
+        };
+        for round in 0..QUEUE + 5 {
+            for _ in 0..=round % 3 {
+                w.log(b"1.2.3.4", SystemTime::now(), &s, &f, &e);
+            }
+            w.flush();
+        }
+        // The lines of the last five rounds were dropped and counted.
+        let lost: u64 = (QUEUE..QUEUE + 5).map(|r| (r % 3 + 1) as u64).sum();
+        assert_eq!(al.dropped.load(Relaxed), lost);
+        assert_eq!(al.pending.load(Relaxed), QUEUE as u64);
+        // Dropping reused buffers instead of growing the free list unboundedly.
+        assert!(al.free.lock().unwrap().len() <= QUEUE);
+        drop(rx);
+    }
+
+    #[test]
+    fn writer_writes_and_reopens() {
         let dir = std::env::temp_dir().join(format!("ktcpvs-al-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         let p = dir.join("a.log");
