@@ -74,6 +74,7 @@ counters! {
     origin_requests_total: "Requests forwarded to an origin server (cache mode).",
     queued_total: "Requests that waited for the lblc/lblcr in-flight cap (every server at its high threshold).",
     queue_rejected_total: "Requests answered 503 after the in-flight cap's queue was full or its wait timed out.",
+    reassigned_total: "Requests given to another server after a failed attempt (connect failure, or a fresh connection failing before the response).",
     client_bytes_received_total: "Request bytes (heads and bodies) read from clients and handled.",
     client_bytes_sent_total: "Response bytes (heads and bodies) sent to clients.",
     server_bytes_sent_total: "Request bytes (heads and bodies) sent to real servers.",

@@ -146,6 +146,10 @@ pub async fn exchange(
             reply_error(w, client, status).await;
             return false;
         };
+        if tried {
+            // Another server after a failed one: a scheduler re-assignment.
+            w.stats.reassigned_total.fetch_add(1, Relaxed);
+        }
         let server = &s.servers[i];
         note(|r| r.server = Some(server.addr));
         let pooled = if force_fresh {

@@ -246,6 +246,37 @@ fn a_dead_backend_counts_a_connect_error_and_a_5xx() {
     );
 }
 
+#[test]
+fn a_failed_connect_is_reassigned_and_counted() {
+    let origin = Origin::start("live");
+    let dead = dead_addr();
+    let (mut cfg, m) = metrics_cfg(&[dead, origin.addr()]);
+    // One worker, rr: of two requests exactly one is first given to the
+    // dead server (which is then out of rotation).
+    cfg.workers = 1;
+    let k = Ktcpvs::start(&cfg);
+    let before = scrape(m);
+    for _ in 0..2 {
+        assert_eq!(k.client().roundtrip(&get("/size/5")).status, 200);
+    }
+    let mut after = scrape(m);
+    let ok = wait_until(WAIT, || {
+        after = scrape(m);
+        delta(
+            &before,
+            &after,
+            "ktcpvs_responses_by_class_total{class=\"2xx\"}",
+        ) == 2.0
+    });
+    assert!(ok);
+    assert_eq!(delta(&before, &after, "ktcpvs_reassigned_total"), 1.0);
+    assert_eq!(
+        delta(&before, &after, "ktcpvs_errors_total{kind=\"connect\"}"),
+        1.0
+    );
+    assert_eq!(origin.requests(), 2);
+}
+
 /// One parsed access-log line.
 #[derive(Debug)]
 struct Line {
