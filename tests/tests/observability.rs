@@ -484,3 +484,25 @@ fn access_log_has_one_line_per_request_and_follows_logrotate() {
     assert_eq!(old.lines().count(), 7);
     assert!(old.lines().all(|l| !parse_line(l).request.is_empty()));
 }
+
+#[test]
+fn access_log_lines_are_written_at_shutdown() {
+    let origin = Origin::start("o1");
+    let dir = tests::switch::scratch_dir();
+    let log = dir.join("access.log");
+    let mut cfg = Config::new("rr", &[origin.addr()]);
+    cfg.access_log = Some(log.display().to_string());
+    let mut k = Ktcpvs::start(&cfg);
+    for _ in 0..3 {
+        assert_eq!(k.client().roundtrip(&get("/size/3")).status, 200);
+    }
+    // At once: the lines are still in the worker's buffer (flushed every
+    // 100 ms); a graceful stop must write them.
+    let st = k.terminate(WAIT).expect("exits on SIGTERM");
+    assert!(st.success(), "{st:?}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    for l in text.lines() {
+        assert_eq!(parse_line(l).request, "GET /size/3 HTTP/1.1");
+    }
+}
