@@ -151,6 +151,9 @@ pub struct WorkerLog {
     lines: Cell<u64>,
     /// Cached `[time]` text and the second it is for.
     time: Cell<(u64, [u8; 28])>,
+    /// A monotonic instant and the wall-clock time then (re-read at most
+    /// once a second): wall-clock times of requests without a clock read.
+    base: Cell<(std::time::Instant, SystemTime)>,
 }
 
 impl WorkerLog {
@@ -160,6 +163,22 @@ impl WorkerLog {
             shared,
             lines: Cell::new(0),
             time: Cell::new((u64::MAX, [0; 28])),
+            base: Cell::new((std::time::Instant::now(), SystemTime::now())),
+        }
+    }
+
+    /// The wall-clock time at monotonic instant `t`.
+    pub fn wall(&self, t: std::time::Instant) -> SystemTime {
+        let (i, s) = self.base.get();
+        match t.checked_duration_since(i) {
+            Some(d) if d < Duration::from_secs(1) => s + d,
+            _ => {
+                let now = (std::time::Instant::now(), SystemTime::now());
+                self.base.set(now);
+                now.1
+                    .checked_sub(now.0.saturating_duration_since(t))
+                    .unwrap_or(now.1)
+            }
         }
     }
 
@@ -343,6 +362,16 @@ pub fn write_line(
     out.extend_from_slice(field(scratch, f.agent));
     out.extend_from_slice(b"\" ");
     match e.server {
+        Some(SocketAddr::V4(a)) => {
+            for (k, o) in a.ip().octets().iter().enumerate() {
+                if k > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(*o));
+            }
+            out.push(b':');
+            push_u64(out, u64::from(a.port()));
+        }
         Some(a) => {
             let _ = write!(out, "{a}");
         }
@@ -425,6 +454,31 @@ mod tests {
         // date -u -d @1795327199 → 23:59:59 on 22 Nov 2026
         assert_eq!(time(1_795_391_999), "[22/Nov/2026:23:59:59 +0000]");
         assert_eq!(time(1_798_761_600), "[01/Jan/2027:00:00:00 +0000]");
+    }
+
+    #[test]
+    fn wall_clock_from_instants() {
+        let al = AccessLog::start(
+            &std::env::temp_dir().join(format!("ktcpvs-al-wall-{}", std::process::id())),
+        )
+        .unwrap();
+        let w = WorkerLog::new(al);
+        let secs = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64()
+        };
+        let now = std::time::Instant::now();
+        let a = secs(w.wall(now));
+        let b = secs(SystemTime::now());
+        assert!((a - b).abs() < 1.0, "{a} vs {b}");
+        // An instant older than the base (re-based meanwhile) still maps back.
+        let old = now.checked_sub(Duration::from_secs(5)).unwrap_or(now);
+        let c = secs(w.wall(old));
+        assert!((b - c) > 3.0 || old == now, "{b} vs {c}");
+        let _ = std::fs::remove_file(
+            std::env::temp_dir().join(format!("ktcpvs-al-wall-{}", std::process::id())),
+        );
     }
 
     #[test]

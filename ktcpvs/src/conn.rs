@@ -141,7 +141,16 @@ async fn client_loop(
         }
         let log = w.alog.is_some().then(|| {
             let f = capture(&bufs.cb[..head.head_len], scratch);
-            (f, std::time::SystemTime::now(), std::time::Instant::now())
+            {
+                let t0 = std::time::Instant::now();
+                (
+                    f,
+                    w.alog
+                        .as_ref()
+                        .map_or_else(std::time::SystemTime::now, |l| l.wall(t0)),
+                    t0,
+                )
+            }
         });
         let span = tracing::debug_span!("req", id = %ReqId(w.id, seq));
         let keep = crate::proxy::exchange(w, &s, client, bufs, &head, peer.ip())
@@ -178,7 +187,16 @@ async fn refuse_request(
     w.seq.set(seq);
     let log = w.alog.is_some().then(|| {
         let f = capture(cb, scratch);
-        (f, std::time::SystemTime::now(), std::time::Instant::now())
+        {
+            let t0 = std::time::Instant::now();
+            (
+                f,
+                w.alog
+                    .as_ref()
+                    .map_or_else(std::time::SystemTime::now, |l| l.wall(t0)),
+                t0,
+            )
+        }
     });
     let span = tracing::debug_span!("req", id = %ReqId(w.id, seq));
     reply_error(w, client, status).instrument(span).await;
