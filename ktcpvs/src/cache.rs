@@ -407,6 +407,7 @@ pub async fn exchange_origin(
     addr: SocketAddr,
 ) -> bool {
     w.stats.origin_requests_total.fetch_add(1, Relaxed);
+    crate::obs::note(|r| r.server = Some(addr));
     let retryable = head.body == Body::None && head.method.idempotent();
     let max_origins = s.cfg.cache.as_ref().map_or(1, |c| c.max_origins);
     let mut force_fresh = false;
@@ -431,6 +432,7 @@ pub async fn exchange_origin(
                 }
                 Err(e) => {
                     w.stats.server_connect_errors_total.fetch_add(1, Relaxed);
+                    w.stats.error(crate::metrics::ErrorKind::Connect);
                     tracing::debug!(origin = %addr, error = %e, "cannot connect to origin");
                     reply_error(w, client, 502).await;
                     return false;
@@ -494,6 +496,7 @@ mod tests {
                 x_forwarded_for: false,
                 x_forwarded_proto: false,
                 via: false,
+                request_id: false,
             },
             peer_ip: b"1.2.3.4",
             default_host: b"x",

@@ -55,6 +55,7 @@ pub struct RawGlobal {
     pub shutdown_grace_ms: Option<u64>,
     pub splice_threshold: Option<u64>,
     pub admin_socket: Option<String>,
+    pub access_log: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -122,6 +123,7 @@ pub struct RawForwarding {
     pub x_forwarded_for: Option<bool>,
     pub x_forwarded_proto: Option<bool>,
     pub via: Option<bool>,
+    pub request_id: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -170,6 +172,8 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// The tcpvsadm socket; see [`AdminSocket`].
     pub admin_socket: AdminSocket,
+    /// The access log file (`global.access_log`), off when `None`.
+    pub access_log: Option<std::path::PathBuf>,
     /// The file this configuration was read from (what a reload re-reads).
     pub source: Option<std::path::PathBuf>,
 }
@@ -229,6 +233,8 @@ pub struct Forwarding {
     pub x_forwarded_for: bool,
     pub x_forwarded_proto: bool,
     pub via: bool,
+    /// Add `X-Request-Id: <worker>-<n>` when the client sent none.
+    pub request_id: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -427,6 +433,7 @@ impl RawConfig {
                 x_forwarded_for: fw.x_forwarded_for.unwrap_or(true),
                 x_forwarded_proto: fw.x_forwarded_proto.unwrap_or(true),
                 via: fw.via.unwrap_or(true),
+                request_id: fw.request_id.unwrap_or(false),
             };
             let p = s.pool;
             let max_idle = p.max_idle_per_server.unwrap_or(64);
@@ -594,6 +601,17 @@ impl RawConfig {
                     ))
                 }
                 Some(p) => AdminSocket::Path(p.into()),
+            },
+            access_log: match g.access_log {
+                None => None,
+                Some(p) if p.is_empty() => None,
+                Some(p) if !p.starts_with('/') => {
+                    return Err(field_err(
+                        "global.access_log",
+                        "must be an absolute path (or \"\" for none)",
+                    ))
+                }
+                Some(p) => Some(p.into()),
             },
             source: None,
         })

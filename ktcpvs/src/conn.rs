@@ -10,7 +10,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio_uring::net::TcpStream;
-use tracing::debug;
+use tracing::{debug, Instrument};
+
+use crate::access_log::{capture, End, Fields};
+use crate::metrics::ErrorKind;
 
 use crate::http::request::{self, ForwardCtx};
 use crate::uring::{read_append, write_range};
@@ -35,7 +38,17 @@ pub async fn serve_client(w: Rc<Worker>, svc: Rc<ServiceRt>, stream: TcpStream, 
         sb: w.take_buf(),
         out: w.take_buf(),
     };
-    client_loop(&w, svc, &client, peer, &mut bufs).await;
+    // The access log's per-connection scratch space (request line and
+    // headers while the request runs); pooled, and only when logging.
+    let mut scratch = if w.alog.is_some() {
+        w.take_buf()
+    } else {
+        Vec::new()
+    };
+    crate::obs::scope(client_loop(&w, svc, &client, peer, &mut bufs, &mut scratch)).await;
+    if w.alog.is_some() {
+        w.give_buf(scratch);
+    }
     // A read abandoned on a timeout or on shutdown still holds the socket
     // (the kernel owns the operation until it completes): shutting the
     // socket down completes it and sends the FIN now, not whenever the
@@ -53,6 +66,7 @@ async fn client_loop(
     client: &Rc<TcpStream>,
     peer: SocketAddr,
     bufs: &mut Bufs,
+    scratch: &mut Vec<u8>,
 ) {
     // The generation `s` is from; a runtime change is picked up between
     // requests (a relaxed atomic load when nothing changed).
@@ -71,22 +85,19 @@ async fn client_loop(
                     peer_ip,
                     default_host: &s.default_host,
                 };
-                match request::parse(&bufs.cb, lim.max_headers, &ctx, &mut bufs.out) {
-                    Ok(Some(h)) if h.head_len > lim.max_header_bytes => {
-                        reply_error(w, client, 431).await;
-                        return;
-                    }
+                let refuse = match request::parse(&bufs.cb, lim.max_headers, &ctx, &mut bufs.out) {
+                    Ok(Some(h)) if h.head_len > lim.max_header_bytes => 431,
                     Ok(Some(h)) => break h,
-                    Ok(None) if bufs.cb.len() >= lim.max_header_bytes => {
-                        reply_error(w, client, 431).await;
-                        return;
-                    }
-                    Ok(None) => {}
+                    Ok(None) if bufs.cb.len() >= lim.max_header_bytes => 431,
+                    Ok(None) => 0,
                     Err(e) => {
                         debug!(%peer, error = %e, "refusing request");
-                        reply_error(w, client, e.status()).await;
-                        return;
+                        e.status()
                     }
+                };
+                if refuse != 0 {
+                    refuse_request(w, client, peer_ip, &bufs.cb, scratch, refuse).await;
+                    return;
                 }
             }
             let idle = bufs.cb.is_empty();
@@ -113,7 +124,7 @@ async fn client_loop(
                 Ok(0) => return, // closed (mid-head: nothing to answer)
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut && !idle => {
-                    reply_error(w, client, 408).await;
+                    refuse_request(w, client, peer_ip, &bufs.cb, scratch, 408).await;
                     return;
                 }
                 Err(_) => return,
@@ -123,10 +134,107 @@ async fn client_loop(
         // version of the service: the connection may have been idle
         // across a change).
         w.current(&mut s, &mut seen);
-        if !crate::proxy::exchange(w, &s, client, bufs, &head, peer.ip()).await || w.shutting_down()
-        {
+        let seq = w.seq.get() + 1;
+        w.seq.set(seq);
+        if s.cfg.forwarding.request_id {
+            crate::obs::add_request_id(&bufs.cb[..head.head_len], &mut bufs.out, w.id, seq);
+        }
+        let log = w.alog.is_some().then(|| {
+            let f = capture(&bufs.cb[..head.head_len], scratch);
+            {
+                let t0 = std::time::Instant::now();
+                (
+                    f,
+                    w.alog
+                        .as_ref()
+                        .map_or_else(std::time::SystemTime::now, |l| l.wall(t0)),
+                    t0,
+                )
+            }
+        });
+        let span = tracing::debug_span!("req", id = %ReqId(w.id, seq));
+        let keep = crate::proxy::exchange(w, &s, client, bufs, &head, peer.ip())
+            .instrument(span)
+            .await;
+        end_request(w, peer_ip, scratch, log, seq, head.head_len);
+        if !keep || w.shutting_down() {
             return;
         }
+    }
+}
+
+/// A request id: worker and per-worker sequence number (`3-17`).
+struct ReqId(usize, u64);
+
+impl std::fmt::Display for ReqId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+/// A request head refused before forwarding (400, 408, 431, 501): the
+/// reply, then its metrics and access-log line (the request line as far
+/// as it came).
+async fn refuse_request(
+    w: &Rc<Worker>,
+    client: &Rc<TcpStream>,
+    peer_ip: &[u8],
+    cb: &[u8],
+    scratch: &mut Vec<u8>,
+    status: u16,
+) {
+    let seq = w.seq.get() + 1;
+    w.seq.set(seq);
+    let log = w.alog.is_some().then(|| {
+        let f = capture(cb, scratch);
+        {
+            let t0 = std::time::Instant::now();
+            (
+                f,
+                w.alog
+                    .as_ref()
+                    .map_or_else(std::time::SystemTime::now, |l| l.wall(t0)),
+                t0,
+            )
+        }
+    });
+    let span = tracing::debug_span!("req", id = %ReqId(w.id, seq));
+    reply_error(w, client, status).instrument(span).await;
+    end_request(w, peer_ip, scratch, log, seq, cb.len());
+}
+
+/// When a request is over: its bytes and status class into the worker's
+/// counters, its line into the access log.
+fn end_request(
+    w: &Worker,
+    peer_ip: &[u8],
+    scratch: &[u8],
+    log: Option<(Fields, std::time::SystemTime, std::time::Instant)>,
+    seq: u64,
+    head_in: usize,
+) {
+    let r = crate::obs::take();
+    let st = &w.stats;
+    if r.status != 0 {
+        st.status(r.status);
+    }
+    st.client_bytes_received_total
+        .fetch_add(head_in as u64 + r.body_in, Relaxed);
+    st.client_bytes_sent_total
+        .fetch_add(r.head_out + r.body_out, Relaxed);
+    st.server_bytes_sent_total.fetch_add(r.server_out, Relaxed);
+    st.server_bytes_received_total
+        .fetch_add(r.server_in, Relaxed);
+    if let (Some(l), Some((f, at, t0))) = (&w.alog, log) {
+        let end = End {
+            status: r.status,
+            body_bytes: r.body_out,
+            server: r.server,
+            micros: t0.elapsed().as_micros() as u64,
+            worker: w.id,
+            seq,
+        };
+        l.log(peer_ip, at, scratch, &f, &end);
     }
 }
 
@@ -144,6 +252,13 @@ pub async fn reply_error(w: &Worker, client: &Rc<TcpStream>, status: u16) {
         _ => (&w.stats.bad_gateway_total, b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad gateway\n"),
     };
     counter.fetch_add(1, Relaxed);
+    match status {
+        400 | 501 => w.stats.error(ErrorKind::Parse),
+        408 => w.stats.error(ErrorKind::HeaderTimeout),
+        431 => w.stats.error(ErrorKind::TooLarge),
+        503 => w.stats.error(ErrorKind::NoServer),
+        _ => {} // 502/504: counted by cause where they arise
+    }
     let mut b = w.take_buf();
     b.extend_from_slice(body);
     let (r, b) = write_range(client, b, 0, body.len(), Duration::from_secs(5)).await;
@@ -151,6 +266,15 @@ pub async fn reply_error(w: &Worker, client: &Rc<TcpStream>, status: u16) {
     if r.is_err() {
         return;
     }
+    let head = body
+        .windows(4)
+        .position(|x| x == b"\r\n\r\n")
+        .map_or(body.len(), |p| p + 4);
+    crate::obs::note(|r| {
+        r.status = status;
+        r.head_out += head as u64;
+        r.body_out += (body.len() - head) as u64;
+    });
     lingering_close(client).await;
 }
 

@@ -538,7 +538,8 @@ pub fn render_metrics<'a>(
                 if let Some(v) = v(s) {
                     let _ = writeln!(
                         out,
-                        "ktcpvs_{name}{{service=\"{svc}\",server=\"{}\"}} {v}",
+                        "ktcpvs_{name}{{service=\"{}\",server=\"{}\"}} {v}",
+                        crate::metrics::Esc(svc),
                         s.addr
                     );
                 }

@@ -5,6 +5,7 @@
 //! the same function in-process. See ARCHITECTURE.md for the life of a
 //! request through these modules.
 
+pub mod access_log;
 pub mod admin;
 pub mod cache;
 pub mod cls;
@@ -14,6 +15,7 @@ pub mod feedback;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod obs;
 pub mod pool;
 pub mod proxy;
 pub mod quickstart;
@@ -56,6 +58,11 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot open the access log {path} (global.access_log): {source}")]
+    AccessLog {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot start health-check thread: {0}")]
     Health(std::io::Error),
     #[error("cannot start worker thread: {0}")]
@@ -81,6 +88,9 @@ impl Running {
     pub fn wait(self) {
         for w in self.workers {
             let _ = w.join();
+        }
+        if let Some(al) = &self.registry.access_log {
+            al.drain(std::time::Duration::from_secs(2));
         }
         if let Some(h) = self.health {
             let _ = h.join();
@@ -146,10 +156,25 @@ pub fn start(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<Running, St
         }
     };
 
+    let access_log = match &cfg.access_log {
+        Some(path) => {
+            let al = access_log::AccessLog::start(path).map_err(|source| {
+                unlink_admin(&admin_sock);
+                StartError::AccessLog {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
+            let _ = runtime.access_log.set(al.clone());
+            Some(al)
+        }
+        None => None,
+    };
     let stats: Vec<Arc<WorkerStats>> = (0..cfg.workers).map(|_| Arc::default()).collect();
     let registry = Arc::new(Registry {
         workers: stats.clone(),
         runtime: runtime.clone(),
+        access_log,
     });
     let metrics = match cfg.metrics {
         Some(addr) => {

@@ -18,6 +18,8 @@ use crate::http::chunked::ChunkedScanner;
 use crate::http::request::RequestHead;
 use crate::http::response::{self, ClientView};
 use crate::http::Body;
+use crate::metrics::ErrorKind;
+use crate::obs::note;
 use crate::sched::queue::{Admit, WaitQueue};
 use crate::sched::rules::Subject;
 use crate::sched::{target_hash, Request, Server};
@@ -144,7 +146,12 @@ pub async fn exchange(
             reply_error(w, client, status).await;
             return false;
         };
+        if tried {
+            // Another server after a failed one: a scheduler re-assignment.
+            w.stats.reassigned_total.fetch_add(1, Relaxed);
+        }
         let server = &s.servers[i];
+        note(|r| r.server = Some(server.addr));
         let pooled = if force_fresh {
             None
         } else {
@@ -172,6 +179,7 @@ pub async fn exchange(
                 }
                 Err(e) => {
                     w.stats.server_connect_errors_total.fetch_add(1, Relaxed);
+                    w.stats.error(ErrorKind::Connect);
                     crate::health::passive_connect_failure(&s.cfg.name, server, &e);
                     exclude.add(i);
                     tried = true;
@@ -240,11 +248,23 @@ pub(crate) async fn fail_client(w: &Rc<Worker>, client: &Rc<TcpStream>, f: Fail)
     match f {
         Fail::Client => {
             w.stats.client_errors_total.fetch_add(1, Relaxed);
+            w.stats.error(ErrorKind::ClientAbort);
             let _ = client.shutdown(std::net::Shutdown::Both);
         }
-        Fail::BeforeResponse | Fail::BadResponse => reply_error(w, client, 502).await,
-        Fail::Timeout => reply_error(w, client, 504).await,
+        Fail::BeforeResponse => {
+            w.stats.error(ErrorKind::ServerReset);
+            reply_error(w, client, 502).await
+        }
+        Fail::BadResponse => {
+            w.stats.error(ErrorKind::BadResponse);
+            reply_error(w, client, 502).await
+        }
+        Fail::Timeout => {
+            w.stats.error(ErrorKind::Timeout);
+            reply_error(w, client, 504).await
+        }
         Fail::Server => {
+            w.stats.error(ErrorKind::ServerAbort);
             // The client may already have part of the response:
             // closing is the only honest signal left.
             w.stats.server_errors_total.fetch_add(1, Relaxed);
@@ -276,6 +296,7 @@ pub(crate) async fn forward(
     let (r, out) = write_range(server, out, 0, n, s.cfg.pool.response_timeout).await;
     bufs.out = out;
     r.map_err(|_| Fail::BeforeResponse)?;
+    note(|r| r.server_out += n as u64);
     if head.body == Body::None {
         // The head stays in `bufs.cb` until the exchange is over: a retry
         // needs its target again.
@@ -340,10 +361,19 @@ async fn upload(
             }
             cb.drain(..head_len + avail);
             let mut rem = n - avail as u64;
+            let body_done = |r: Result<(), Fail>| {
+                if r.is_ok() {
+                    note(|r| {
+                        r.body_in += n;
+                        r.server_out += n;
+                    });
+                }
+                r
+            };
             if rem >= w.cfg.splice_threshold {
                 let r =
                     splice_exact(w, client, server, rem, timeout, Fail::Client, Fail::Server).await;
-                return (r.map(|_| ()), cb);
+                return (body_done(r), cb);
             }
             while rem > 0 {
                 let (r, b) = read_append(client, cb, 4096, timeout).await;
@@ -362,7 +392,7 @@ async fn upload(
                 cb.drain(..k);
                 rem -= k as u64;
             }
-            (Ok(()), cb)
+            (body_done(Ok(())), cb)
         }
         Body::Chunked => {
             let mut sc = ChunkedScanner::new();
@@ -377,6 +407,10 @@ async fn upload(
                 if r.is_err() {
                     return (Err(Fail::Server), cb);
                 }
+                note(|r| {
+                    r.body_in += c as u64;
+                    r.server_out += c as u64;
+                });
                 cb.drain(..start + c);
                 start = 0;
                 if sc.is_done() {
@@ -419,8 +453,11 @@ async fn download(
                 Ok(Some(rh)) if rh.interim => {
                     started = true;
                     sb.drain(..rh.head_len);
+                    let (hl, ol) = (rh.head_len as u64, out.len() as u64);
+                    note(|r| r.server_in += hl);
                     if !view.http10 {
                         write_all(client, out, ct).await.map_err(|_| Fail::Client)?;
+                        note(|r| r.head_out += ol);
                     }
                     continue;
                 }
@@ -459,6 +496,15 @@ async fn download(
     let hl = rh.head_len;
     let avail = sb.len() - hl;
     let mut clean = rh.server_reusable;
+    let head_out = out.len() as u64;
+    let status = rh.status;
+    note(|r| {
+        r.status = status;
+        r.head_out += head_out;
+        r.server_in += hl as u64;
+    });
+    // Body bytes sent to the client and read from the server.
+    let (mut body_out, mut body_in) = (0u64, 0u64);
     match rh.body {
         Body::None => {
             clean &= avail == 0;
@@ -475,6 +521,7 @@ async fn download(
             } else if rem > 0 {
                 clean &= copy_exact(w, server, client, sb, rem, rto).await?;
             }
+            (body_out, body_in) = (n, n);
         }
         Body::Chunked => {
             let mut sc = ChunkedScanner::new();
@@ -489,7 +536,12 @@ async fn download(
                 }
                 .map_err(|_| Fail::Server)?;
                 clean &= from + c == sb.len();
+                // The first write also carries the head.
+                let hd = if from == hl { head_out } else { 0 };
+                let sent = out.len() as u64 - hd;
                 write_all(client, out, ct).await.map_err(|_| Fail::Client)?;
+                body_out += sent;
+                body_in += c as u64;
                 if sc.is_done() {
                     break;
                 }
@@ -506,6 +558,7 @@ async fn download(
         }
         Body::Close => {
             out.extend_from_slice(&sb[hl..]);
+            body_out = avail as u64;
             write_all(client, out, ct).await.map_err(|_| Fail::Client)?;
             loop {
                 sb.clear();
@@ -513,13 +566,21 @@ async fn download(
                 *sb = b;
                 match r {
                     Ok(0) => break,
-                    Ok(_) => write_all(client, sb, ct).await.map_err(|_| Fail::Client)?,
+                    Ok(n) => {
+                        write_all(client, sb, ct).await.map_err(|_| Fail::Client)?;
+                        body_out += n as u64;
+                    }
                     Err(_) => return Err(Fail::Server),
                 }
             }
+            body_in = body_out;
             clean = false;
         }
     }
+    note(|r| {
+        r.body_out += body_out;
+        r.server_in += body_in;
+    });
     Ok(Done {
         server_reusable: clean,
         keep_client: !rh.close_client,

@@ -88,6 +88,8 @@ pub struct Runtime {
     /// Serialises changes.
     admin: Mutex<()>,
     next_service_id: AtomicU64,
+    /// The access log (`global.access_log`), set once at start.
+    pub access_log: std::sync::OnceLock<Arc<crate::access_log::AccessLog>>,
 }
 
 /// A refused change; the message is what tcpvsadm prints.
@@ -161,6 +163,7 @@ impl Runtime {
             changed: watch::channel(0).0,
             admin: Mutex::new(()),
             next_service_id: AtomicU64::new(1),
+            access_log: std::sync::OnceLock::new(),
         })
     }
 
@@ -540,6 +543,10 @@ impl Runtime {
     /// that match keep their state, connections and counters. An invalid
     /// file (or a listener that cannot be bound) changes nothing.
     pub fn reload(&self) -> Result<String, AdminError> {
+        // logrotate: the access log is re-opened whatever the outcome.
+        if let Some(al) = self.access_log.get() {
+            al.reopen();
+        }
         let Some(path) = self.cfg.source.clone() else {
             return err("reload: the switch was not started from a configuration file");
         };

@@ -123,6 +123,10 @@ pub struct Worker {
     pub shutdown: watch::Receiver<bool>,
     /// Client connections open on this worker.
     pub active: Cell<usize>,
+    /// This worker's side of the access log (`global.access_log`).
+    pub alog: Option<crate::access_log::WorkerLog>,
+    /// Requests seen by this worker (the second half of request ids).
+    pub seq: Cell<u64>,
     bufs: RefCell<Vec<Vec<u8>>>,
     pipes: RefCell<Vec<Rc<Pipe>>>,
 }
@@ -269,6 +273,10 @@ pub fn run_worker(
     {
         b.uring_builder(&ring);
     }
+    let alog = rt
+        .access_log
+        .get()
+        .map(|a| crate::access_log::WorkerLog::new(a.clone()));
     b.start(async move {
         let w = Rc::new(Worker {
             id,
@@ -278,6 +286,8 @@ pub fn run_worker(
             seen: Cell::new(u64::MAX),
             stats,
             shutdown,
+            alog,
+            seq: Cell::new(0),
             active: Cell::new(0),
             bufs: RefCell::new(Vec::new()),
             pipes: RefCell::new(Vec::new()),
@@ -287,6 +297,9 @@ pub fn run_worker(
         w.refresh();
         tokio_uring::spawn(follow_changes(w.clone(), changes));
         tokio_uring::spawn(housekeeping(w.clone()));
+        if w.alog.is_some() {
+            tokio_uring::spawn(crate::access_log::flusher(w.clone()));
+        }
         let mut sd = w.shutdown.clone();
         while !*sd.borrow_and_update() {
             if sd.changed().await.is_err() {
@@ -309,6 +322,9 @@ pub fn run_worker(
         for s in w.services.borrow().iter() {
             s.pool.borrow_mut().clear();
             s.origins.borrow_mut().clear();
+        }
+        if let Some(l) = &w.alog {
+            l.flush();
         }
         debug!(worker = id, "worker stopped");
     });

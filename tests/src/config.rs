@@ -55,6 +55,8 @@ pub struct Service {
     pub listen: Option<SocketAddr>,
     pub scheduler: String,
     pub x_forwarded_for: bool,
+    /// `[service.forwarding] request_id` (X-Request-Id to the servers).
+    pub request_id: bool,
     pub x_forwarded_proto: bool,
     pub via: bool,
     pub max_idle_per_server: u32,
@@ -82,6 +84,8 @@ pub struct Config {
     /// `global.admin_socket`; [`crate::Ktcpvs::start`] puts one in the
     /// test's scratch directory when unset.
     pub admin_socket: Option<String>,
+    /// `global.access_log`, if any.
+    pub access_log: Option<String>,
 }
 
 impl Config {
@@ -99,11 +103,13 @@ impl Config {
             client_idle_timeout_ms: 60_000,
             metrics: None,
             admin_socket: None,
+            access_log: None,
             services: vec![Service {
                 name: "web".into(),
                 listen: None,
                 scheduler: scheduler.into(),
                 x_forwarded_for: true,
+                request_id: false,
                 x_forwarded_proto: true,
                 via: true,
                 max_idle_per_server: 64,
@@ -133,6 +139,9 @@ impl Config {
         if let Some(p) = &self.admin_socket {
             let _ = writeln!(s, "admin_socket = \"{p}\"");
         }
+        if let Some(p) = &self.access_log {
+            let _ = writeln!(s, "access_log = \"{p}\"");
+        }
         s.push('\n');
         let _ = writeln!(
             s,
@@ -148,8 +157,8 @@ impl Config {
             );
             let _ = writeln!(
                 s,
-                "[service.forwarding]\nx_forwarded_for = {}\nx_forwarded_proto = {}\nvia = {}\n",
-                svc.x_forwarded_for, svc.x_forwarded_proto, svc.via
+                "[service.forwarding]\nx_forwarded_for = {}\nx_forwarded_proto = {}\nvia = {}\nrequest_id = {}\n",
+                svc.x_forwarded_for, svc.x_forwarded_proto, svc.via, svc.request_id
             );
             let _ = writeln!(
                 s,

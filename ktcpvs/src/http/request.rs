@@ -360,6 +360,7 @@ mod tests {
                 x_forwarded_for: true,
                 x_forwarded_proto: true,
                 via: true,
+                request_id: false,
             },
             peer_ip: b"10.0.0.9",
             default_host: b"127.0.0.1:8080",
