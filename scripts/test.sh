@@ -4,5 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
-cargo build --workspace --bins --release
-cargo test --workspace --release -- --test-threads=2
+# The `ci` profile (Cargo.toml): release optimisation, no LTO — the test
+# binaries find the switch next to themselves in target/ci/.
+cargo build --workspace --bins --profile ci
+cargo test --workspace --profile ci -- --test-threads=2
