@@ -415,7 +415,7 @@ pub async fn exchange_origin(
         let pooled = if force_fresh {
             None
         } else {
-            let (c, stale) = s.origins.borrow_mut().get(0, addr);
+            let (c, stale) = s.origins.borrow_mut().get(0, addr, !retryable);
             w.stats.pool_stale_total.fetch_add(stale, Relaxed);
             c
         };

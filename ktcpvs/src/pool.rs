@@ -101,7 +101,13 @@ impl<K: Copy + PartialEq> Pool<K> {
     /// A live idle connection to server `id` (at position `i` of the
     /// current list), most recently used first. Returns how many stale
     /// ones were discarded on the way, too.
-    pub fn get(&mut self, i: usize, id: K) -> (Option<Rc<TcpStream>>, u64) {
+    ///
+    /// `must_work`: the request cannot be retried (a body, or not
+    /// idempotent), so even a connection used moments ago is probed — a
+    /// server may close right after a response (e.g. one whose handler did
+    /// not read the request body), and its FIN is usually there by the
+    /// time the next request comes.
+    pub fn get(&mut self, i: usize, id: K, must_work: bool) -> (Option<Rc<TcpStream>>, u64) {
         let mut stale = 0;
         let Some(i) = self.slot(i, id) else {
             return (None, 0);
@@ -111,9 +117,9 @@ impl<K: Copy + PartialEq> Pool<K> {
             let idle = c.since.elapsed();
             // A connection used moments ago is not probed: the syscall would
             // cost more than the rare failure it finds, which the retry of
-            // idempotent requests covers anyway.
+            // idempotent requests covers anyway (others: `must_work`).
             if idle < self.idle_timeout
-                && (idle < PROBE_AFTER || idle_socket_alive(c.conn.as_raw_fd()))
+                && ((idle < PROBE_AFTER && !must_work) || idle_socket_alive(c.conn.as_raw_fd()))
             {
                 return (Some(c.conn), stale);
             }

@@ -155,7 +155,7 @@ pub async fn exchange(
         let pooled = if force_fresh {
             None
         } else {
-            let (c, stale) = s.pool.borrow_mut().get(i, server.id);
+            let (c, stale) = s.pool.borrow_mut().get(i, server.id, !retryable);
             w.stats.pool_stale_total.fetch_add(stale, Relaxed);
             c
         };
