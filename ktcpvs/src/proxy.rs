@@ -647,24 +647,23 @@ async fn splice_exact(
     from_fail: Fail,
     to_fail: Fail,
 ) -> Result<(), Fail> {
-    let Some(pipe) = w.take_pipe() else {
-        let mut buf = Vec::with_capacity(crate::worker::BUF_SIZE);
-        return copy_exact(w, from, to, &mut buf, n, limit)
-            .await
-            .map(|_| ());
-    };
     let (fd_in, fd_out) = (from.as_raw_fd(), to.as_raw_fd());
     // splice(2) honours only the sockets' own O_NONBLOCK (SPLICE_F_NONBLOCK
     // covers the pipe): without it a splice from an empty socket would
     // block the whole worker.
-    if let Err(e) = set_nonblocking(fd_in).and_then(|_| set_nonblocking(fd_out)) {
-        warn!(error = %e, "cannot make sockets non-blocking; copying instead of splicing");
-        let mut buf = Vec::with_capacity(crate::worker::BUF_SIZE);
-        w.give_pipe(pipe);
-        return copy_exact(w, from, to, &mut buf, n, limit)
-            .await
-            .map(|_| ());
-    }
+    // Either failure (no pipe, or no O_NONBLOCK) means a buffered copy.
+    let pipe = w.take_pipe().filter(|_| {
+        set_nonblocking(fd_in)
+            .and_then(|_| set_nonblocking(fd_out))
+            .inspect_err(|e| warn!(error = %e, "cannot make sockets non-blocking; copying instead of splicing"))
+            .is_ok()
+    });
+    let Some(pipe) = pipe else {
+        let mut buf = w.take_buf();
+        let r = copy_exact(w, from, to, &mut buf, n, limit).await;
+        w.give_buf(buf);
+        return r.map(|_| ());
+    };
     let r = splice_loop(w, from, to, &pipe, n, limit).await;
     // The source may be a pooled server socket: back to the default.
     set_rcvlowat(fd_in, 1);
@@ -676,11 +675,10 @@ async fn splice_exact(
         }
         Err(side) => {
             let (sock, fail) = match side {
-                Side::From => (fd_in, from_fail),
-                Side::To => (fd_out, to_fail),
+                Side::From => (from, from_fail),
+                Side::To => (to, to_fail),
             };
-            // SAFETY: shutdown on a descriptor the caller's stream owns.
-            unsafe { libc::shutdown(sock, libc::SHUT_RDWR) };
+            let _ = sock.shutdown(std::net::Shutdown::Both);
             Err(fail)
         }
     }
