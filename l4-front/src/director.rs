@@ -46,17 +46,33 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
     for svc in &cfg.services {
         // A VIP that is a local address makes this kernel answer the
         // clients itself (RSTs); the deployment keeps it off the director.
-        if std::net::UdpSocket::bind((svc.vip, 0)).is_ok() {
+        if !cfg.director.kernel_drop && std::net::UdpSocket::bind((svc.vip, 0)).is_ok() {
             tracing::warn!(
                 vip = %svc.vip,
                 "the VIP is configured on this host: its kernel will answer VIP traffic \
-                 (remove the address, or drop it with an nftables netdev ingress rule)"
+                 (remove the address, or set director.kernel_drop = true)"
             );
         }
     }
     let seed = SeededState::random().seed;
     let shared = Arc::new(Shared::new(&cfg, mac, local_ip, seed));
     resolve_macs(&shared, Duration::from_secs(2));
+    let mut kernel_drop = if cfg.director.kernel_drop {
+        match crate::kernel_drop::IngressDrop::install(&iface, &drop_keys(&shared)) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "could not install the nftables ingress rule that keeps this host's kernel \
+                     out of the VIP traffic; it will still route (and drop) every packet, which \
+                     costs forwarding rate (set director.kernel_drop = false to silence this)"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
 
     let workers = match cfg.director.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -73,7 +89,11 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
             iface: iface.clone(),
             source,
         };
-        // TPACKET_V3 ring (8 × 1 MiB blocks) unless disabled or refused.
+        // TPACKET_V3 ring unless disabled or refused: 64 blocks of 256 KiB.
+        // A block is handed over when full or after 1 ms, so the number of
+        // blocks, not their size, is how long the worker may fall behind
+        // (here 64 ms at any rate up to ~2 Mpps of small frames) before
+        // the kernel drops.
         let ring = if cfg.director.rx_ring {
             match PacketSocket::open_ring(&iface, Some(group), 1 << 20, 8) {
                 Ok(r) => Some(r),
@@ -86,8 +106,9 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
             None
         };
         if first.is_none() {
-            // A second, non-fanout socket for control-plane sends (ARP).
-            first = PacketSocket::open(&iface, None).ok();
+            // A send-only socket for the control plane (ARP): it receives
+            // nothing, so frames are not cloned into it.
+            first = PacketSocket::open_tx(&iface).ok();
         }
         let st = Arc::new(WorkerStats::new(&shared.shape()));
         stats.push(st.clone());
@@ -181,7 +202,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
                                 tracing::warn!(synced = sh.table.len(), "taking over the VIPs");
                                 sh.active.store(true, Ordering::Relaxed);
                                 sh.table.set_sync(has_sender);
-                                if let Ok(s) = PacketSocket::open(&iface2, None) {
+                                if let Ok(s) = PacketSocket::open_tx(&iface2) {
                                     for _ in 0..3 {
                                         announce(&s, &sh);
                                         std::thread::sleep(Duration::from_millis(100));
@@ -288,6 +309,11 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
             // new VIPs.
             last_gen = g;
             resolve_macs(&shared, Duration::from_secs(1));
+            if let Some(d) = &mut kernel_drop {
+                if let Err(e) = d.update(&drop_keys(&shared)) {
+                    tracing::warn!(error = %e, "updating the nftables ingress rule");
+                }
+            }
             if let (Some(s), true) = (&first, shared.answer_arp) {
                 if shared.active.load(Ordering::Relaxed) {
                     announce(s, &shared);
@@ -323,6 +349,18 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
     write_stats(&cfg, &rates, &shared, &stats);
     tracing::info!("l4-front stopped");
     Ok(())
+}
+
+/// <VIP, protocol, port> of every live service: the kernel's share of
+/// their traffic is dropped at ingress ([`crate::kernel_drop`]).
+fn drop_keys(shared: &Shared) -> Vec<crate::kernel_drop::Key> {
+    shared
+        .services()
+        .list
+        .iter()
+        .filter(|s| !s.deleted)
+        .map(|s| (u32::from(s.cfg.vip), s.cfg.proto, s.cfg.port))
+        .collect()
 }
 
 /// Gratuitous ARP for every VIP (start-up and, later, takeover).

@@ -13,6 +13,7 @@ pub mod decap;
 pub mod director;
 pub mod hash;
 pub mod health;
+pub mod kernel_drop;
 pub mod packet;
 pub mod sched;
 pub mod service;

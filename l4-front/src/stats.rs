@@ -24,10 +24,13 @@ pub enum Counter {
     FragNeededSent,
     ChecksumsCompleted,
     NatReplies,
+    /// Frames the kernel dropped because the worker's socket or ring was
+    /// full (PACKET_STATISTICS): the director fell behind.
+    RxDropped,
 }
 
 impl Counter {
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
     pub const ALL: [Counter; Self::COUNT] = [
         Self::RxFrames,
         Self::RxBytes,
@@ -40,6 +43,7 @@ impl Counter {
         Self::FragNeededSent,
         Self::ChecksumsCompleted,
         Self::NatReplies,
+        Self::RxDropped,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -54,6 +58,7 @@ impl Counter {
             Self::FragNeededSent => "frag_needed_sent",
             Self::ChecksumsCompleted => "checksums_completed",
             Self::NatReplies => "nat_replies",
+            Self::RxDropped => "rx_dropped",
         }
     }
 }

@@ -64,6 +64,28 @@ fn l4adm_changes_the_running_director_without_breaking_connections() {
         l4adm(args).unwrap_or_else(|e| panic!("l4adm {args:?}: {e}"));
     };
 
+    // The director keeps its own kernel out of the services' traffic
+    // (nftables netdev ingress), and the rule follows run-time changes.
+    let drop_set = || {
+        lab.output(
+            "dir",
+            &["nft", "list", "set", "netdev", "l4front_d0", "svc"],
+        )
+    };
+    let wait_set = |want: &str, present: bool| {
+        for _ in 0..100 {
+            if drop_set().contains(want) == present {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "ingress drop set: {want} present={present}?\n{}",
+            drop_set()
+        );
+    };
+    wait_set("10.201.2.100 . tcp . 80", true);
+
     let ns = lab.ns("cl");
     let vip80 = format!("{VIP}:80").parse().unwrap();
     let download = std::thread::spawn(move || http_get(&ns, vip80));
@@ -104,6 +126,7 @@ fn l4adm_changes_the_running_director_without_breaking_connections() {
             "rs1 deleted, rs2 added: {r}"
         );
     }
+    wait_set("10.201.2.100 . tcp . 8080", true);
     let r = http_get(&lab.ns("cl"), format!("{VIP}:8080").parse().unwrap())
         .expect("request to the new service");
     assert!(r.ends_with("hello from rs3\n"), "{r}");
@@ -134,4 +157,6 @@ fn l4adm_changes_the_running_director_without_breaking_connections() {
     ok(&["-D", "-t", "10.201.2.100:8080"]);
     let l = l4adm(&["-L", "-n"]).unwrap();
     assert!(!l.contains(":8080"), "{l}");
+    wait_set("10.201.2.100 . tcp . 8080", false);
+    wait_set("10.201.2.100 . tcp . 80", true);
 }

@@ -11,12 +11,14 @@ use l4_front::packet::build::{tcp_frame, TcpSpec};
 use l4_front::packet::checksum;
 
 const USAGE: &str =
-    "usage: l4-synflood --iface IF --dst-mac MAC --dst ADDR [--dport 80] [--seconds 3]
+    "usage: l4-synflood --iface IF --dst-mac MAC --dst ADDR [--dport 80] [--seconds 3] [--rate PPS]
   sources are random addresses in 10.202.0.0/16, random ports";
 
 fn main() -> anyhow::Result<()> {
     let (mut iface, mut dst_mac, mut dst) = (None, None, None);
     let (mut dport, mut seconds) = (80u16, 3.0f64);
+    // Offered rate in packets per second; 0 = as fast as possible.
+    let mut rate = 0f64;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().with_context(|| format!("{a} needs a value"));
@@ -26,13 +28,14 @@ fn main() -> anyhow::Result<()> {
             "--dst" => dst = Some(val()?),
             "--dport" => dport = val()?.parse()?,
             "--seconds" => seconds = val()?.parse()?,
+            "--rate" => rate = val()?.parse().context("--rate")?,
             _ => anyhow::bail!("{USAGE}"),
         }
     }
     let iface = iface.context(USAGE)?;
     let mac = l4_front::packet::parse_mac(&dst_mac.context(USAGE)?).context("--dst-mac")?;
     let dst: std::net::Ipv4Addr = dst.context(USAGE)?.parse().context("--dst")?;
-    let sock = PacketSocket::open(&iface, None).context("packet socket")?;
+    let sock = PacketSocket::open_tx(&iface).context("packet socket")?;
     let src_mac = l4_front::datapath::afpacket::if_mac(&iface)?;
     let base = tcp_frame(TcpSpec {
         src_mac,
@@ -48,7 +51,22 @@ fn main() -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let start = Instant::now();
     let mut sent = 0u64;
-    while Instant::now() < deadline {
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        if rate > 0.0 {
+            // Paced: the next batch leaves when the schedule says so.
+            let due = start + Duration::from_secs_f64(sent as f64 / rate);
+            if due > now {
+                let wait = due - now;
+                if wait > Duration::from_micros(200) {
+                    std::thread::sleep(wait - Duration::from_micros(100));
+                }
+                continue;
+            }
+        }
         for f in frames.iter_mut() {
             x ^= x << 13;
             x ^= x >> 7;

@@ -33,13 +33,19 @@ pub struct TimingWheel {
 impl TimingWheel {
     /// A wheel whose clock reads `now`.
     pub fn new(now: u64) -> Self {
+        Self::with_capacity(now, 0)
+    }
+
+    /// The same with room reserved for ids below `ids` (no reallocation
+    /// while the owner's slab stays under that).
+    pub fn with_capacity(now: u64, ids: usize) -> Self {
         TimingWheel {
             now,
             heads: vec![NONE; (L0 + L1 + L2) as usize],
-            next: Vec::new(),
-            prev: Vec::new(),
-            slot: Vec::new(),
-            when: Vec::new(),
+            next: Vec::with_capacity(ids),
+            prev: Vec::with_capacity(ids),
+            slot: Vec::with_capacity(ids),
+            when: Vec::with_capacity(ids),
             len: 0,
         }
     }

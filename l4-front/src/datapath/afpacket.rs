@@ -13,6 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 const SOL_PACKET: libc::c_int = 263;
 const PACKET_AUXDATA: libc::c_int = 8;
 const PACKET_FANOUT: libc::c_int = 18;
+const PACKET_QDISC_BYPASS: libc::c_int = 20;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const PACKET_FANOUT_HASH: u32 = 0;
 const TP_STATUS_CSUMNOTREADY: u32 = 1 << 3;
@@ -124,6 +125,31 @@ impl PacketSocket {
         Self::open_inner(ifname, group, None).map(|(s, _)| s)
     }
 
+    /// A socket that only sends out of `ifname`: bound with protocol 0, it
+    /// is on no receive list, so the kernel clones no frame into it.
+    pub fn open_tx(ifname: &str) -> io::Result<PacketSocket> {
+        let idx = ifindex(ifname)?;
+        // SAFETY: socket() returns a new fd or -1.
+        let raw =
+            cvt(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) })?;
+        // SAFETY: raw is a fresh fd we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: zeroed sockaddr_ll is valid; fields set below.
+        let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = 0;
+        sll.sll_ifindex = idx as i32;
+        // SAFETY: sll is a valid sockaddr_ll of the size passed.
+        cvt(unsafe {
+            libc::bind(
+                raw,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        })?;
+        Ok(PacketSocket { fd })
+    }
+
     /// The same with a TPACKET_V3 receive ring of `blocks` × `block_size`
     /// bytes (set up before binding, as the kernel requires).
     pub fn open_ring(
@@ -157,6 +183,9 @@ impl PacketSocket {
         let one: libc::c_int = 1;
         setopt(raw, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one)?;
         setopt(raw, SOL_PACKET, PACKET_AUXDATA, &one)?;
+        // Frames we send skip the qdisc layer (we pace nothing; a full
+        // device queue is a send error we count).
+        let _ = setopt(raw, SOL_PACKET, PACKET_QDISC_BYPASS, &one);
         let rcvbuf: libc::c_int = 8 << 20;
         let _ = setopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &rcvbuf)
             .or_else(|_| setopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, &rcvbuf));
@@ -343,6 +372,31 @@ impl PacketSocket {
             sent += r as usize;
         }
         Ok(sent)
+    }
+
+    /// Frames the kernel dropped on this socket since the last call
+    /// (PACKET_STATISTICS; reading resets the kernel's counters).
+    pub fn take_drops(&self) -> u64 {
+        const PACKET_STATISTICS: libc::c_int = 6;
+        // struct tpacket_stats_v3: packets, drops, freeze_q_cnt (the
+        // larger of the two layouts the kernel may fill).
+        let mut st = [0u32; 3];
+        let mut len = size_of::<[u32; 3]>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most len bytes into st.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                SOL_PACKET,
+                PACKET_STATISTICS,
+                st.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if r < 0 {
+            0
+        } else {
+            u64::from(st[1])
+        }
     }
 
     /// Sends one whole frame out of the bound interface.

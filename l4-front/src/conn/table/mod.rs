@@ -156,6 +156,10 @@ struct Shard {
 /// grow the master's memory).
 const SYNC_QUEUE_MAX: usize = 65_536;
 
+/// Most entries the table allocates room for at start (see
+/// [`ConnTable::new`]); past it, shards grow as they fill.
+const PREALLOC_MAX: usize = 4 << 20;
+
 /// The sharded connection table.
 pub struct ConnTable {
     shards: Box<[Mutex<Shard>]>,
@@ -185,11 +189,18 @@ impl ConnTable {
     pub fn new(shards: usize, max_connections: usize, timeouts: Timeouts, seed: u64) -> Self {
         let n = shards.max(1).next_power_of_two();
         let hasher = SeededState::new(seed);
+        // Each shard is sized for its whole share up front (up to
+        // PREALLOC_MAX entries in all): growing a hash map rehashes every
+        // entry while the shard is locked, and a worker stalled on that
+        // under a SYN flood overflows its receive ring. Only the control
+        // bytes are written now; entry pages are touched as they fill.
+        let each = max_connections.max(1).div_ceil(n);
+        let pre = (each + each / 8 + 1).min(PREALLOC_MAX / n);
         let mk = |_| {
             Mutex::new(Shard {
-                map: HashMap::with_hasher(hasher),
-                conns: Slab::new(),
-                wheel: TimingWheel::new(0),
+                map: HashMap::with_capacity_and_hasher(pre, hasher),
+                conns: Slab::with_capacity(pre),
+                wheel: TimingWheel::with_capacity(0, pre),
                 sync_out: Vec::new(),
             })
         };
