@@ -24,7 +24,8 @@ use crate::sched::queue::{Admit, WaitQueue};
 use crate::sched::rules::Subject;
 use crate::sched::{target_hash, Request, Server};
 use crate::uring::{
-    poll, read_append, set_nonblocking, set_rcvlowat, splice_nb, write_range, Pipe,
+    poll, read_append, read_append_max, set_nonblocking, set_rcvlowat, splice_nb, write_pair,
+    write_range, Pipe,
 };
 use crate::worker::{ServiceRt, Worker};
 
@@ -480,7 +481,9 @@ async fn download(
                 }
             }
         }
-        let (r, b) = read_append(server, std::mem::take(sb), 4096, rto).await;
+        // At most HEAD_READ bytes: whatever body comes with the head goes
+        // through user space, and a large body is better spliced.
+        let (r, b) = read_append_max(server, std::mem::take(sb), 4096, HEAD_READ, rto).await;
         *sb = b;
         match r {
             Ok(n) if n > 0 => {}
@@ -512,9 +515,11 @@ async fn download(
         }
         Body::Length(n) => {
             let take = (avail as u64).min(n) as usize;
-            out.extend_from_slice(&sb[hl..hl + take]);
             clean &= avail == take;
-            write_all(client, out, ct).await.map_err(|_| Fail::Client)?;
+            // Head and body bytes in one sendmsg, without a copy.
+            let (r, b) = write_pair(client, std::mem::take(out), &sb[hl..hl + take], ct).await;
+            *out = b;
+            r.map_err(|_| Fail::Client)?;
             let rem = n - take as u64;
             if rem >= w.cfg.splice_threshold {
                 splice_exact(w, server, client, rem, rto, Fail::Server, Fail::Client).await?;
@@ -595,6 +600,11 @@ async fn write_all(sock: &Rc<TcpStream>, buf: &mut Vec<u8>, deadline: Duration) 
     *buf = b;
     r
 }
+
+/// Most bytes one read of a response head takes (see `download`): a 1 KB
+/// object with its head fits in one read, and of a body long enough to be
+/// spliced at most this much is copied through user space.
+const HEAD_READ: usize = 16 * 1024;
 
 /// Copies exactly `n` bytes from `from` to `to` through `buf`. Returns
 /// whether the source sent nothing beyond them.

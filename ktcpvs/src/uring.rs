@@ -197,12 +197,18 @@ const RECVSEND_POLL_FIRST: u16 = 1;
 
 /// One recv(2) into the spare capacity of `buf`, appended after its
 /// current contents.
-pub fn recv_op(
+pub fn recv_op(sock: &Rc<TcpStream>, buf: Vec<u8>) -> UnsubmittedOneshot<RecvData, RecvTransform> {
+    recv_op_max(sock, buf, u32::MAX as usize)
+}
+
+/// [`recv_op`] reading at most `max` bytes.
+pub fn recv_op_max(
     sock: &Rc<TcpStream>,
     mut buf: Vec<u8>,
+    max: usize,
 ) -> UnsubmittedOneshot<RecvData, RecvTransform> {
     let len = buf.len();
-    let room = (buf.capacity() - len).min(u32::MAX as usize) as u32;
+    let room = (buf.capacity() - len).min(max).min(u32::MAX as usize) as u32;
     // SAFETY: in bounds of the allocation; the Vec's heap storage does not
     // move when the Vec itself is moved into the op's data.
     let ptr = unsafe { buf.as_mut_ptr().add(len) };
@@ -225,14 +231,25 @@ pub fn recv_op(
 /// operation and an empty one is returned with `TimedOut`.
 pub async fn read_append(
     sock: &Rc<TcpStream>,
+    buf: Vec<u8>,
+    min_room: usize,
+    deadline: Option<Duration>,
+) -> (io::Result<usize>, Vec<u8>) {
+    read_append_max(sock, buf, min_room, usize::MAX, deadline).await
+}
+
+/// [`read_append`] taking at most `max` bytes.
+pub async fn read_append_max(
+    sock: &Rc<TcpStream>,
     mut buf: Vec<u8>,
     min_room: usize,
+    max: usize,
     deadline: Option<Duration>,
 ) -> (io::Result<usize>, Vec<u8>) {
     if buf.capacity() - buf.len() < min_room.max(1) {
         buf.reserve(min_room.max(1024));
     }
-    let fut = recv_op(sock, buf).submit();
+    let fut = recv_op_max(sock, buf, max).submit();
     match deadline {
         None => fut.await,
         Some(d) => match tokio::time::timeout(d, fut).await {
@@ -347,6 +364,73 @@ pub async fn write_range(
             Vec::new(),
         ),
     }
+}
+
+/// Tails up to this size are copied behind the head and sent with send(2).
+const PAIR_COPY_MAX: usize = 4096;
+
+/// Sends `head` followed by `tail` (a response head and the body bytes
+/// that arrived with it) without first copying them into one buffer: one
+/// non-blocking sendmsg of two iovecs, the usual case. Whatever it leaves
+/// is gathered into `head` and goes through [`write_range`].
+pub async fn write_pair(
+    sock: &Rc<TcpStream>,
+    mut head: Vec<u8>,
+    tail: &[u8],
+    deadline: Duration,
+) -> (io::Result<()>, Vec<u8>) {
+    if tail.len() <= PAIR_COPY_MAX {
+        // Small: one copy is cheaper than sendmsg's iovec handling.
+        head.extend_from_slice(tail);
+        let n = head.len();
+        return write_range(sock, head, 0, n, deadline).await;
+    }
+    let mut iov = [
+        libc::iovec {
+            iov_base: head.as_ptr() as *mut libc::c_void,
+            iov_len: head.len(),
+        },
+        libc::iovec {
+            iov_base: tail.as_ptr() as *mut libc::c_void,
+            iov_len: tail.len(),
+        },
+    ];
+    // SAFETY: a zeroed msghdr is valid; the iovecs point at live,
+    // initialised slices for the duration of the call.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = 2;
+        libc::syscall(
+            libc::SYS_sendmsg,
+            sock.as_raw_fd(),
+            &msg as *const libc::msghdr,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    } as isize;
+    let sent = if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::WouldBlock {
+            return (Err(e), head);
+        }
+        0
+    } else {
+        n as usize
+    };
+    let hl = head.len();
+    if sent >= hl + tail.len() {
+        return (Ok(()), head);
+    }
+    // Rare: the socket buffer is full. Gather what is left.
+    if sent >= hl {
+        head.clear();
+        head.extend_from_slice(&tail[sent - hl..]);
+    } else {
+        head.drain(..sent);
+        head.extend_from_slice(tail);
+    }
+    let n = head.len();
+    write_range(sock, head, 0, n, deadline).await
 }
 
 /// Puts a socket in O_NONBLOCK mode (one ioctl). Needed before splice(2)
