@@ -127,7 +127,7 @@ fn memory_and_allocations(hs: &[u64]) {
         }
         let used = rss().saturating_sub(before);
         println!(
-            "locality table ({name}): {} entries, {:.1} MiB resident, {:.0} bytes/entry (lblc slot array: {} MiB, sized for max_entries = {})",
+            "locality table ({name}): {} entries, {:.1} MiB resident, {:.0} bytes/entry (array: {} MiB, sized for max_entries = {})",
             table.len(),
             used as f64 / (1 << 20) as f64,
             used as f64 / table.len() as f64,

@@ -547,10 +547,11 @@ impl RawConfig {
                 lb.shrink_s
                     .unwrap_or(crate::sched::lblcr::DEFAULT_SHRINK_S as u64),
             );
-            if lblcr_shrink.is_zero() || lblcr_shrink.as_secs() > u32::MAX as u64 {
+            let max_shrink = crate::sched::setslots::MAX_SHRINK_S as u64;
+            if lblcr_shrink.is_zero() || lblcr_shrink.as_secs() > max_shrink {
                 return Err(field_err(
                     f("lblc.shrink_s"),
-                    "must be between 1 and 4294967295",
+                    format!("must be between 1 and {max_shrink} (388 days)"),
                 ));
             }
             let queue = lb.queue.unwrap_or(crate::sched::queue::DEFAULT_QUEUE);

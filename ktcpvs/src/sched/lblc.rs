@@ -22,8 +22,6 @@ use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
-
 use super::wlc::least_loaded;
 use super::{Exclude, Request, Scheduler, Server};
 
@@ -37,36 +35,12 @@ enum Clock {
     Manual(AtomicU32),
 }
 
-/// The keys are already hashes of the target: only mix them (hashbrown
-/// and the shard choice use different bits), skipping SipHash.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct PassHasher(u64);
-
-impl std::hash::Hasher for PassHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        super::hashing::mix64(self.0)
-    }
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) ^ b as u64;
-        }
-    }
-    #[inline]
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
-pub(crate) type KeyMap<V> = DashMap<u64, V, std::hash::BuildHasherDefault<PassHasher>>;
-
 /// target hash → server index, shared by all workers of a service.
 #[derive(Debug)]
 pub struct LocalityTable {
     map: super::slots::Slots,
     /// lblcr: target hash → server set.
-    pub(crate) sets: KeyMap<super::lblcr::SetEntry>,
+    pub(crate) sets: super::setslots::SetSlots,
     pub(crate) max_entries: usize,
     /// lblcr: a set unchanged for this long loses its busiest member.
     pub(crate) shrink_after_s: u32,
@@ -79,7 +53,7 @@ impl LocalityTable {
     pub fn new(max_entries: usize) -> LocalityTable {
         LocalityTable {
             map: super::slots::Slots::new(max_entries),
-            sets: DashMap::with_hasher_and_shard_amount(Default::default(), 64),
+            sets: super::setslots::SetSlots::new(max_entries),
             max_entries,
             shrink_after_s: super::lblcr::DEFAULT_SHRINK_S,
             clock: Clock::Real {
@@ -90,21 +64,28 @@ impl LocalityTable {
         }
     }
 
-    /// The table of a service using `kind`: lblc's slot array (fixed
-    /// memory, ~16 bytes per entry) is allocated only for lblc.
+    /// The table of a service using `kind`: lblc's slot array (16 bytes
+    /// per entry) is allocated only for lblc, lblcr's set array (32
+    /// bytes per entry) only for lblcr.
     pub fn for_kind(kind: super::SchedulerKind, max_entries: usize) -> LocalityTable {
-        let mut t = LocalityTable::new(if kind == super::SchedulerKind::Lblc {
-            max_entries
-        } else {
-            1
-        });
-        t.max_entries = max_entries;
-        t
+        use super::SchedulerKind::{Lblc, Lblcr};
+        let sized = |k| if kind == k { max_entries } else { 1 };
+        LocalityTable {
+            map: super::slots::Slots::new(sized(Lblc)),
+            sets: super::setslots::SetSlots::new(sized(Lblcr)),
+            ..LocalityTable::new(0)
+        }
+        .with_max_entries(max_entries)
+    }
+
+    fn with_max_entries(mut self, n: usize) -> LocalityTable {
+        self.max_entries = n;
+        self
     }
 
     /// lblcr's K: seconds without change after which a server set shrinks.
     pub fn with_shrink(mut self, after: Duration) -> LocalityTable {
-        self.shrink_after_s = after.as_secs().min(u32::MAX as u64) as u32;
+        self.shrink_after_s = after.as_secs().min(super::setslots::MAX_SHRINK_S as u64) as u32;
         self
     }
 
@@ -145,9 +126,9 @@ impl LocalityTable {
         self.map.is_empty() && self.sets.is_empty()
     }
 
-    /// Bytes of lblc's slot array (fixed at start).
+    /// Bytes of lblc's and lblcr's arrays (fixed at start).
     pub fn slot_bytes(&self) -> usize {
-        self.map.bytes()
+        self.map.bytes() + self.sets.bytes()
     }
 
     #[inline]
@@ -166,8 +147,7 @@ impl LocalityTable {
         let limit = older_than.as_secs().min(super::slots::MAX_AGE_S as u64) as u32;
         let before = self.len();
         self.map.expire(limit, now);
-        self.sets
-            .retain(|_, e| now.saturating_sub(e.used.load(Relaxed)) < limit);
+        self.sets.expire(limit.min(super::setslots::MAX_AGE_S), now);
         before - self.len()
     }
 }

@@ -12,101 +12,69 @@
 //!   if n unset or n overloaded (as lblc):
 //!       n = least-connection node; add n to set   (grow)
 //! ```
-//! Sets live in the service's shared [`LocalityTable`] (bounded, expired
-//! with the lblc entries; both count in `ktcpvs_locality_entries`). A
-//! decision that changes nothing takes only a shard read lock.
+//! Sets live in the service's shared [`LocalityTable`], in a lock-free
+//! array of packed set words ([`super::setslots`]: bounded, expired with
+//! the table, counted in `ktcpvs_locality_entries`). A set holds at most
+//! [`MAX_SET`] servers; growing a full set replaces its busiest member.
+//! A decision reads one bucket and changes the set with one
+//! compare-and-swap, only when the set changes.
 
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use super::lblc::{at_high, overloaded, LocalityTable};
+use super::setslots::Set;
+pub use super::setslots::MAX_SET;
 use super::wlc::least_loaded;
 use super::{Exclude, Request, Scheduler, Server};
 
 /// Default K: seconds a set must stay unchanged before it shrinks.
 pub const DEFAULT_SHRINK_S: u32 = 60;
-/// Most members one set holds; growing a full set replaces its busiest.
-pub const MAX_SET: usize = 8;
 
-/// One target's server set.
-#[derive(Debug)]
-pub struct SetEntry {
-    members: [u16; MAX_SET],
-    len: u8,
-    /// Table seconds at the last grow or shrink.
-    lastmod: u32,
-    /// Table seconds at last use (expiry).
-    pub(crate) used: AtomicU32,
+/// The member with the least C/W among schedulable, allowed ones.
+fn least(set: Set, servers: &[Server], exclude: Exclude) -> Option<usize> {
+    pick_by(set, servers, exclude, |cj, wj, ci, wi| cj * wi < ci * wj)
 }
 
-impl SetEntry {
-    fn new(first: usize, now: u32) -> SetEntry {
-        let mut members = [0; MAX_SET];
-        members[0] = first as u16;
-        SetEntry {
-            members,
-            len: 1,
-            lastmod: now,
-            used: AtomicU32::new(now),
+/// The member with the most C/W (the one a shrink drops).
+fn most(set: Set, servers: &[Server]) -> Option<usize> {
+    pick_by(set, servers, Exclude::NONE, |cj, wj, ci, wi| {
+        cj * wi > ci * wj
+    })
+}
+
+#[inline]
+fn pick_by(
+    set: Set,
+    servers: &[Server],
+    exclude: Exclude,
+    better: impl Fn(u64, u64, u64, u64) -> bool,
+) -> Option<usize> {
+    let mut best: Option<(usize, u64, u64)> = None;
+    for j in set.members() {
+        let Some(s) = servers.get(j) else { continue };
+        if !s.available() || exclude.has(j) {
+            continue;
+        }
+        let (cj, wj) = (s.conns() as u64, s.weight() as u64);
+        match best {
+            Some((_, ci, wi)) if !better(cj, wj, ci, wi) => {}
+            _ => best = Some((j, cj, wj)),
         }
     }
+    best.map(|(j, _, _)| j)
+}
 
-    pub fn members(&self) -> &[u16] {
-        &self.members[..self.len as usize]
+/// `set` with `j` added; a full set first loses its busiest member (or,
+/// if none is a valid server any more, its first).
+fn add(set: Set, j: usize, servers: &[Server], now: u32) -> Set {
+    if set.len() < MAX_SET || set.contains(j) {
+        return set.with(j, now);
     }
-
-    /// The member with the least C/W among schedulable, allowed ones.
-    fn least(&self, servers: &[Server], exclude: Exclude) -> Option<usize> {
-        self.pick_by(servers, exclude, |cj, wj, ci, wi| cj * wi < ci * wj)
-    }
-
-    /// The member with the most C/W (the one a shrink drops).
-    fn most(&self, servers: &[Server]) -> Option<usize> {
-        self.pick_by(servers, Exclude::NONE, |cj, wj, ci, wi| cj * wi > ci * wj)
-    }
-
-    fn pick_by(
-        &self,
-        servers: &[Server],
-        exclude: Exclude,
-        better: impl Fn(u64, u64, u64, u64) -> bool,
-    ) -> Option<usize> {
-        let mut best: Option<(usize, u64, u64)> = None;
-        for &m in self.members() {
-            let j = m as usize;
-            let Some(s) = servers.get(j) else { continue };
-            if !s.available() || exclude.has(j) {
-                continue;
-            }
-            let (cj, wj) = (s.conns() as u64, s.weight() as u64);
-            match best {
-                Some((_, ci, wi)) if !better(cj, wj, ci, wi) => {}
-                _ => best = Some((j, cj, wj)),
-            }
-        }
-        best.map(|(j, _, _)| j)
-    }
-
-    fn remove(&mut self, j: usize) {
-        let n = self.len as usize;
-        if let Some(k) = self.members[..n].iter().position(|&m| m as usize == j) {
-            self.members.copy_within(k + 1..n, k);
-            self.len -= 1;
-        }
-    }
-
-    fn add(&mut self, j: usize, servers: &[Server]) {
-        if self.members().contains(&(j as u16)) {
-            return;
-        }
-        if self.len as usize == MAX_SET {
-            // Full: the busiest member (or an invalid index) makes room.
-            let out = self.most(servers).unwrap_or(self.members[0] as usize);
-            self.remove(out);
-        }
-        self.members[self.len as usize] = j as u16;
-        self.len += 1;
-    }
+    let out = most(set, servers)
+        .or_else(|| set.members().next())
+        .unwrap_or(j);
+    set.without(out, now).with(j, now)
 }
 
 pub struct Lblcr {
@@ -119,67 +87,35 @@ impl Lblcr {
     }
 }
 
-/// What the read-locked look at a set concluded.
-enum Look {
-    Hit(usize),
-    Change,
-    Missing,
-}
-
 impl Scheduler for Lblcr {
     fn pick(&mut self, servers: &[Server], req: &Request<'_>, exclude: Exclude) -> Option<usize> {
         let t = &*self.table;
         let key = req.target_hash;
         let now = t.now();
-        let look = match t.sets.get(&key) {
-            None => Look::Missing,
-            Some(e) => {
-                if e.used.load(Relaxed) != now {
-                    e.used.store(now, Relaxed);
-                }
-                let shrink = e.len > 1 && now.saturating_sub(e.lastmod) >= t.shrink_after_s;
-                match e.least(servers, exclude) {
-                    Some(n) if !shrink && !overloaded(&servers[n], servers, exclude) => {
-                        Look::Hit(n)
-                    }
-                    _ => Look::Change,
-                }
-            }
+        let Some((slot, set)) = t.sets.get(key, now) else {
+            let n = least_loaded(servers, exclude)?;
+            t.sets.insert(key, Set::one(n, now), now);
+            return Some(n);
         };
-        match look {
-            Look::Hit(n) => Some(n),
-            Look::Missing => {
-                let n = least_loaded(servers, exclude)?;
-                if t.sets.len() < t.max_entries {
-                    t.sets.insert(key, SetEntry::new(n, now));
-                }
-                Some(n)
-            }
-            Look::Change => {
-                let Some(mut e) = t.sets.get_mut(&key) else {
-                    // Expired meanwhile: schedule as new, remember next time.
-                    return least_loaded(servers, exclude);
-                };
-                if e.len > 1 && now.saturating_sub(e.lastmod) >= t.shrink_after_s {
-                    if let Some(busiest) = e.most(servers) {
-                        e.remove(busiest);
-                        e.lastmod = now;
-                    }
-                }
-                match e.least(servers, exclude) {
-                    Some(n) if !overloaded(&servers[n], servers, exclude) => Some(n),
-                    _ => {
-                        let n = least_loaded(servers, exclude)?;
-                        if !e.members().contains(&(n as u16)) {
-                            e.add(n, servers);
-                            e.lastmod = now;
-                            t.reassigned.fetch_add(1, Relaxed);
-                        }
-                        Some(n)
-                    }
-                }
+        let mut next = set;
+        if set.len() > 1 && set.age(now) >= t.shrink_after_s {
+            if let Some(busiest) = most(set, servers) {
+                next = set.without(busiest, now);
             }
         }
+        let n = match least(next, servers, exclude) {
+            Some(n) if !overloaded(&servers[n], servers, exclude) => n,
+            _ => {
+                let n = least_loaded(servers, exclude)?;
+                if !next.contains(n) {
+                    next = add(next, n, servers, now);
+                    t.reassigned.fetch_add(1, Relaxed);
+                }
+                n
+            }
+        };
+        t.sets.update(slot, set, next);
+        Some(n)
     }
 
     fn at_capacity(&self, servers: &[Server], exclude: Exclude) -> bool {
@@ -193,12 +129,14 @@ mod tests {
     use crate::sched::{req, test_servers};
 
     fn members(t: &LocalityTable, path: &[u8]) -> Vec<u16> {
-        let mut m = t
+        let mut m: Vec<u16> = t
             .sets
-            .get(&req(path).target_hash)
+            .get(req(path).target_hash, t.now())
             .unwrap()
+            .1
             .members()
-            .to_vec();
+            .map(|j| j as u16)
+            .collect();
         m.sort();
         m
     }
@@ -264,15 +202,15 @@ mod tests {
     #[test]
     fn full_set_replaces_its_busiest_member() {
         let s = test_servers(&[1; 10]);
-        let mut e = SetEntry::new(0, 0);
+        let mut e = Set::one(0, 0);
         for j in 1..MAX_SET {
-            e.add(j, &s);
+            e = add(e, j, &s, 0);
         }
         s[3].conns.store(50, Relaxed);
-        e.add(9, &s);
-        assert_eq!(e.members().len(), MAX_SET);
-        assert!(!e.members().contains(&3));
-        assert!(e.members().contains(&9));
+        e = add(e, 9, &s, 0);
+        assert_eq!(e.len(), MAX_SET);
+        assert!(!e.contains(3));
+        assert!(e.contains(9));
     }
 
     #[test]

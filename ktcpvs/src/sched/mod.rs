@@ -18,10 +18,12 @@ pub mod maglev;
 pub mod queue;
 pub mod rr;
 pub mod rules;
+pub mod setslots;
 pub mod sh;
 pub mod slots;
 pub mod wlc;
 pub mod wrr;
+pub mod zeroed;
 
 /// One real server as every worker sees it.
 ///

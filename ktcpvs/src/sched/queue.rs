@@ -4,11 +4,12 @@
 //! per worker, each for at most `timeout` — and is answered 503 when the
 //! queue is full or its wait runs out.
 //!
-//! No polling: a waiter sleeps on a [`Notify`] that the worker signals each
-//! time one of its requests finishes (the proxy's load guard), and re-checks
-//! the cap when woken. Work finishing on *other* workers does not wake it;
-//! the timeout bounds that case (and new requests on this worker wake it as
-//! soon as they finish).
+//! A waiter sleeps on a [`Notify`] that the worker signals each time one of
+//! its requests finishes (the proxy's load guard), and re-checks the cap
+//! when woken. Work finishing on *other* workers cannot signal it (the
+//! Notify is the worker's own, and a cross-thread wake per finished request
+//! would cost every request), so a waiter also re-checks every
+//! [`RECHECK`]: room made by another worker admits it within 10 ms.
 
 use std::cell::Cell;
 use std::time::Duration;
@@ -18,6 +19,8 @@ use tokio::sync::Notify;
 /// Defaults of `[service.lblc] queue` and `queue_timeout_ms`.
 pub const DEFAULT_QUEUE: usize = 1024;
 pub const DEFAULT_QUEUE_TIMEOUT_MS: u64 = 5_000;
+/// How often a waiter looks at the cap without being woken.
+pub const RECHECK: Duration = Duration::from_millis(10);
 
 #[derive(Debug)]
 pub struct WaitQueue {
@@ -76,11 +79,12 @@ impl WaitQueue {
         let _leave = Leave(&self.waiting);
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
-            let woken = tokio::time::timeout_at(deadline, self.notify.notified()).await;
+            let until = deadline.min(tokio::time::Instant::now() + RECHECK);
+            let _ = tokio::time::timeout_at(until, self.notify.notified()).await;
             if !at_capacity() {
                 return Admit::Go;
             }
-            if woken.is_err() {
+            if tokio::time::Instant::now() >= deadline {
                 return Admit::TimedOut;
             }
         }
@@ -131,6 +135,27 @@ mod tests {
                     assert_eq!(q.waiting(), 0);
                 })
                 .await
+        });
+    }
+
+    #[test]
+    fn room_made_by_another_worker_admits_the_waiters() {
+        rt().block_on(async {
+            // Nothing on this worker finishes: only the re-check can see
+            // the room another worker made.
+            let q = WaitQueue::new(4, Duration::from_secs(3600));
+            let full = Cell::new(true);
+            let wait = q.wait(|| full.get());
+            let free = async {
+                tokio::time::sleep(RECHECK * 3).await;
+                full.set(false);
+            };
+            let (admit, ()) =
+                tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(wait, free) })
+                    .await
+                    .expect("the waiter was never admitted");
+            assert_eq!(admit, Admit::Go);
+            assert_eq!(q.waiting(), 0);
         });
     }
 

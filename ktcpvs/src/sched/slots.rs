@@ -18,6 +18,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use super::hashing::mix64;
+use super::zeroed::{Zeroable, ZeroedSlice};
 
 const SLOTS: usize = 8;
 const TIME_BITS: u32 = 22;
@@ -28,12 +29,14 @@ const SERVER_MASK: u64 = (1 << SERVER_BITS) - 1;
 pub const MAX_AGE_S: u32 = TIME_MASK as u32;
 
 #[repr(align(64))]
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Bucket([AtomicU64; SLOTS]);
+// SAFETY: atomics are valid when zeroed (an all-zero slot is empty).
+unsafe impl Zeroable for Bucket {}
 
 #[derive(Debug)]
 pub struct Slots {
-    buckets: Box<[Bucket]>,
+    buckets: ZeroedSlice<Bucket>,
     mask: u64,
     max_entries: usize,
     count: AtomicUsize,
@@ -65,7 +68,7 @@ impl Slots {
     pub fn new(max_entries: usize) -> Slots {
         let n = (max_entries.max(1) * 2).div_ceil(SLOTS).next_power_of_two();
         Slots {
-            buckets: (0..n).map(|_| Bucket::default()).collect(),
+            buckets: ZeroedSlice::new(n),
             mask: n as u64 - 1,
             max_entries,
             count: AtomicUsize::new(0),
@@ -74,7 +77,7 @@ impl Slots {
 
     /// Bytes held by the slot array.
     pub fn bytes(&self) -> usize {
-        self.buckets.len() * std::mem::size_of::<Bucket>()
+        self.buckets.bytes()
     }
 
     pub fn len(&self) -> usize {
