@@ -21,6 +21,7 @@ pub mod proxy;
 pub mod quickstart;
 pub mod runtime;
 pub mod sched;
+pub mod timer;
 pub mod uring;
 pub mod worker;
 

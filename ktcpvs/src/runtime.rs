@@ -771,6 +771,16 @@ mod tests {
     "#;
 
     #[test]
+    fn accepted_connections_inherit_nodelay_from_the_listener() {
+        // The accept loop relies on it instead of a setsockopt per
+        // connection.
+        let l = bind_reuseport("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (a, _) = l.accept().unwrap();
+        assert!(a.nodelay().unwrap());
+    }
+
+    #[test]
     fn servers_keep_identity_and_state_across_changes() {
         let rt = rt(ONE);
         let before = rt.snapshot();

@@ -252,7 +252,7 @@ pub async fn read_append_max(
     let fut = recv_op_max(sock, buf, max).submit();
     match deadline {
         None => fut.await,
-        Some(d) => match tokio::time::timeout(d, fut).await {
+        Some(d) => match crate::timer::timeout(d, fut).await {
             Ok(r) => r,
             Err(_) => (
                 Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out")),
@@ -344,6 +344,10 @@ pub async fn write_range(
         }
     } else {
         from += n as usize;
+        if from == to {
+            // The usual case: done, and no deadline was ever armed.
+            return (Ok(()), buf);
+        }
     }
     let rest = async {
         while from < to {
@@ -357,7 +361,7 @@ pub async fn write_range(
         }
         (Ok(()), buf)
     };
-    match tokio::time::timeout(deadline, rest).await {
+    match crate::timer::timeout(deadline, rest).await {
         Ok(r) => r,
         Err(_) => (
             Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),

@@ -295,6 +295,7 @@ pub fn run_worker(
         // Subscribed before the first refresh: no change can fall between.
         let changes = w.rt.subscribe();
         w.refresh();
+        tokio_uring::spawn(crate::timer::run());
         tokio_uring::spawn(follow_changes(w.clone(), changes));
         tokio_uring::spawn(housekeeping(w.clone()));
         if w.alog.is_some() {
@@ -377,7 +378,8 @@ async fn accept_loop(
                     drop(stream);
                     continue;
                 }
-                let _ = stream.set_nodelay(true);
+                // TCP_NODELAY: inherited from the listener (set once at
+                // bind), no setsockopt per connection.
                 tokio_uring::spawn(crate::conn::serve_client(w.clone(), s, stream, peer));
             }
             Err(e) => {
