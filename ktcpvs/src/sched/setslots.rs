@@ -19,10 +19,10 @@
 //! locality hint, not data). A key word written before its set word is
 //! seen with an empty set for an instant; a lookup treats that as a miss.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use super::hashing::mix64;
-use super::zeroed::{Zeroable, ZeroedSlice};
+use super::slots::Buckets;
+use super::zeroed::Zeroable;
 
 /// Most servers one target's set holds.
 pub const MAX_SET: usize = 4;
@@ -43,7 +43,8 @@ const _: () = assert!(1 << M_BITS >= super::MAX_SERVERS);
 
 #[repr(C, align(128))]
 #[derive(Debug)]
-struct Bucket {
+/// Eight entries: key words, then set words.
+pub struct Bucket {
     keys: [AtomicU64; WAYS],
     sets: [AtomicU64; WAYS],
 }
@@ -121,11 +122,13 @@ impl Set {
 pub struct Slot<'a>(&'a AtomicU64);
 
 #[derive(Debug)]
-pub struct SetSlots {
-    buckets: ZeroedSlice<Bucket>,
-    mask: u64,
-    max_entries: usize,
-    count: AtomicUsize,
+pub struct SetSlots(Buckets<Bucket>);
+
+impl std::ops::Deref for SetSlots {
+    type Target = Buckets<Bucket>;
+    fn deref(&self) -> &Buckets<Bucket> {
+        &self.0
+    }
 }
 
 #[inline]
@@ -139,35 +142,14 @@ fn used_age(w: u64, now: u32) -> u32 {
 }
 
 impl SetSlots {
-    /// Room for `max_entries` sets in twice as many entries (few
-    /// evictions from full buckets).
+    /// Room for `max_entries` sets in about twice as many entries.
     pub fn new(max_entries: usize) -> SetSlots {
-        let n = (max_entries.max(1) * 2).div_ceil(WAYS).next_power_of_two();
-        SetSlots {
-            buckets: ZeroedSlice::new(n),
-            mask: n as u64 - 1,
-            max_entries,
-            count: AtomicUsize::new(0),
-        }
-    }
-
-    /// Bytes reserved by the array.
-    pub fn bytes(&self) -> usize {
-        self.buckets.bytes()
-    }
-
-    pub fn len(&self) -> usize {
-        self.count.load(Relaxed)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        SetSlots(Buckets::new(max_entries, WAYS))
     }
 
     #[inline]
     fn locate(&self, key: u64) -> (&Bucket, u64) {
-        let h = mix64(key);
-        let b = &self.buckets[(h & self.mask) as usize];
+        let (b, tag) = self.0.locate(key);
         // The set words' line is needed right after the key scan: ask for
         // it now so that both misses overlap.
         #[cfg(target_arch = "x86_64")]
@@ -176,8 +158,7 @@ impl SetSlots {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
             _mm_prefetch::<_MM_HINT_T0>(b.sets.as_ptr() as *const i8);
         }
-        // A zero tag would look empty: force the lowest bit.
-        (b, (h >> 32) | 1)
+        (b, tag)
     }
 
     /// The set remembered for `key`, refreshing its use time.
@@ -233,15 +214,13 @@ impl SetSlots {
         }
         match (empty, oldest) {
             (Some(k), _) => {
-                if self.count.load(Relaxed) >= self.max_entries {
-                    return;
-                }
-                if b.keys[k]
-                    .compare_exchange(0, kw_new, Relaxed, Relaxed)
-                    .is_ok()
+                if self.has_room()
+                    && b.keys[k]
+                        .compare_exchange(0, kw_new, Relaxed, Relaxed)
+                        .is_ok()
                 {
                     b.sets[k].store(set.0, Relaxed);
-                    self.count.fetch_add(1, Relaxed);
+                    self.added();
                 }
             }
             (None, Some((k, w, _))) => {
@@ -259,7 +238,7 @@ impl SetSlots {
     /// Empties entries unused for `limit` seconds or more; returns how many.
     pub fn expire(&self, limit: u32, now: u32) -> usize {
         let mut n = 0;
-        for b in self.buckets.iter() {
+        for b in self.iter() {
             for (k, kw) in b.keys.iter().enumerate() {
                 let w = kw.load(Relaxed);
                 if w != 0
@@ -271,7 +250,7 @@ impl SetSlots {
                 }
             }
         }
-        self.count.fetch_sub(n, Relaxed);
+        self.removed(n);
         n
     }
 }
@@ -330,10 +309,8 @@ mod tests {
         }
         assert_eq!(t.len(), 10);
         let t = SetSlots::new(4); // one bucket
-        let t = SetSlots {
-            max_entries: 1000,
-            ..t
-        };
+        let mut t = t;
+        t.0.set_max_entries(1000);
         for k in 0..WAYS as u64 {
             t.insert(k, Set::one(k as usize, k as u32), k as u32);
         }

@@ -30,16 +30,87 @@ pub const MAX_AGE_S: u32 = TIME_MASK as u32;
 
 #[repr(align(64))]
 #[derive(Debug)]
-struct Bucket([AtomicU64; SLOTS]);
+/// Eight slots in one cache line.
+pub struct Bucket([AtomicU64; SLOTS]);
 // SAFETY: atomics are valid when zeroed (an all-zero slot is empty).
 unsafe impl Zeroable for Bucket {}
 
 #[derive(Debug)]
-pub struct Slots {
-    buckets: ZeroedSlice<Bucket>,
+pub struct Slots(Buckets<Bucket>);
+
+/// A power-of-two array of cache-line buckets addressed by a target hash,
+/// holding at most `max_entries` entries (lblc's slots, lblcr's sets).
+#[derive(Debug)]
+pub struct Buckets<B: Zeroable> {
+    arr: ZeroedSlice<B>,
     mask: u64,
     max_entries: usize,
     count: AtomicUsize,
+}
+
+impl<B: Zeroable> Buckets<B> {
+    /// Room for `max_entries` entries in buckets of `ways`, about two
+    /// entries per `max_entries` (few evictions from full buckets).
+    pub fn new(max_entries: usize, ways: usize) -> Buckets<B> {
+        let n = (max_entries.max(1) * 2).div_ceil(ways).next_power_of_two();
+        Buckets {
+            arr: ZeroedSlice::new(n),
+            mask: n as u64 - 1,
+            max_entries,
+            count: AtomicUsize::new(0),
+        }
+    }
+
+    /// Bytes reserved by the array.
+    pub fn bytes(&self) -> usize {
+        self.arr.bytes()
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.count.load(Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bucket of `key` and the key's tag (the high half of its mixed
+    /// hash, never zero: a zero word is an empty entry).
+    #[inline]
+    pub fn locate(&self, key: u64) -> (&B, u64) {
+        let h = mix64(key);
+        (&self.arr[(h & self.mask) as usize], (h >> 32) | 1)
+    }
+
+    /// Whether a new entry may be added.
+    pub fn has_room(&self) -> bool {
+        self.count.load(Relaxed) < self.max_entries
+    }
+
+    pub fn added(&self) {
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    pub fn removed(&self, n: usize) {
+        self.count.fetch_sub(n, Relaxed);
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, B> {
+        self.arr.iter()
+    }
+
+    #[cfg(test)]
+    pub fn set_max_entries(&mut self, n: usize) {
+        self.max_entries = n;
+    }
+}
+
+impl std::ops::Deref for Slots {
+    type Target = Buckets<Bucket>;
+    fn deref(&self) -> &Buckets<Bucket> {
+        &self.0
+    }
 }
 
 #[inline]
@@ -63,37 +134,9 @@ fn age(w: u64, now: u32) -> u32 {
 }
 
 impl Slots {
-    /// Room for `max_entries` targets in about twice as many slots (fewer
-    /// evictions from full buckets).
+    /// Room for `max_entries` targets in about twice as many slots.
     pub fn new(max_entries: usize) -> Slots {
-        let n = (max_entries.max(1) * 2).div_ceil(SLOTS).next_power_of_two();
-        Slots {
-            buckets: ZeroedSlice::new(n),
-            mask: n as u64 - 1,
-            max_entries,
-            count: AtomicUsize::new(0),
-        }
-    }
-
-    /// Bytes held by the slot array.
-    pub fn bytes(&self) -> usize {
-        self.buckets.bytes()
-    }
-
-    pub fn len(&self) -> usize {
-        self.count.load(Relaxed)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    #[inline]
-    fn locate(&self, key: u64) -> (&Bucket, u64) {
-        let h = mix64(key);
-        // A zero tag would look empty: force the lowest bit.
-        let tag = (h >> 32) | 1;
-        (&self.buckets[(h & self.mask) as usize], tag)
+        Slots(Buckets::new(max_entries, SLOTS))
     }
 
     /// The server remembered for `key`, refreshing its use time.
@@ -139,11 +182,8 @@ impl Slots {
         }
         match (empty, oldest) {
             (Some(k), _) => {
-                if self.count.load(Relaxed) >= self.max_entries {
-                    return;
-                }
-                if b.0[k].compare_exchange(0, new, Relaxed, Relaxed).is_ok() {
-                    self.count.fetch_add(1, Relaxed);
+                if self.has_room() && b.0[k].compare_exchange(0, new, Relaxed, Relaxed).is_ok() {
+                    self.added();
                 }
             }
             (None, Some((k, w, _))) => {
@@ -156,7 +196,7 @@ impl Slots {
     /// Empties slots unused for `limit` seconds or more; returns how many.
     pub fn expire(&self, limit: u32, now: u32) -> usize {
         let mut n = 0;
-        for b in self.buckets.iter() {
+        for b in self.iter() {
             for s in &b.0 {
                 let w = s.load(Relaxed);
                 if w != 0
@@ -167,7 +207,7 @@ impl Slots {
                 }
             }
         }
-        self.count.fetch_sub(n, Relaxed);
+        self.removed(n);
         n
     }
 }
@@ -209,10 +249,8 @@ mod tests {
         // One bucket: eight slots; a ninth key evicts the least recent.
         let t = Slots::new(4); // 1 bucket
         assert_eq!(t.bytes(), 64);
-        let t = Slots {
-            max_entries: 1000,
-            ..t
-        };
+        let mut t = t;
+        t.0.set_max_entries(1000);
         for k in 0..8u64 {
             t.set(k, k as usize, k as u32);
         }
