@@ -9,9 +9,10 @@
 //! thread-local slab, keyed by a tick counter: arming it is a slab insert,
 //! disarming a slab remove, and no clock is read. A ticker task
 //! ([`run`], one per worker) advances the counter every [`TICK`] and wakes
-//! the operations whose time ran out, so a deadline fires between its
-//! duration and its duration plus two ticks — good for timeouts of
-//! seconds, not for precise timers.
+//! the operations whose time ran out, looking only at that tick's bucket of
+//! a hashed wheel (so a million idle connections cost nothing per tick), and
+//! a deadline fires between its duration and its duration plus two ticks —
+//! good for timeouts of seconds, not for precise timers.
 //!
 //! Threads without a ticker (tests, helper threads) get
 //! `tokio::time::timeout` instead: [`timeout`] never waits forever.
@@ -27,16 +28,92 @@ use slab::Slab;
 /// Granularity of the wheel.
 pub const TICK: Duration = Duration::from_millis(50);
 
+/// Buckets of the hashed wheel: a deadline is filed under `due % SLOTS`
+/// (12.8 s of ticks); one further away is looked at once per turn.
+const SLOTS: usize = 256;
+
 struct Entry {
     due: u64,
+    /// Tells this arming from an earlier one that used the same slab key.
+    seq: u32,
     waker: Option<Waker>,
     fired: bool,
+}
+
+/// A hashed timing wheel: arming is a slab insert plus a push onto the
+/// bucket of its tick, disarming a slab remove (the bucket's record goes
+/// stale and is skipped); a tick looks only at its own bucket.
+struct Wheel {
+    entries: Slab<Entry>,
+    buckets: Vec<Vec<(usize, u32)>>,
+    seq: u32,
+    /// Last tick whose bucket was processed.
+    done: u64,
+}
+
+impl Wheel {
+    const fn new() -> Wheel {
+        Wheel {
+            entries: Slab::new(),
+            buckets: Vec::new(),
+            seq: 0,
+            done: 0,
+        }
+    }
+
+    fn arm(&mut self, due: u64, waker: Waker) -> usize {
+        if self.buckets.is_empty() {
+            self.buckets = (0..SLOTS).map(|_| Vec::new()).collect();
+        }
+        self.seq = self.seq.wrapping_add(1);
+        let k = self.entries.insert(Entry {
+            due,
+            seq: self.seq,
+            waker: Some(waker),
+            fired: false,
+        });
+        self.buckets[(due % SLOTS as u64) as usize].push((k, self.seq));
+        k
+    }
+
+    /// Fires every deadline due at `now`, collecting the wakers.
+    fn advance(&mut self, now: u64, out: &mut Vec<Waker>) {
+        if self.buckets.is_empty() {
+            self.done = now;
+            return;
+        }
+        // Each bucket once is enough, however long the ticker was late.
+        let from = (self.done + 1).max((now + 1).saturating_sub(SLOTS as u64));
+        for t in from..=now {
+            let i = (t % SLOTS as u64) as usize;
+            let mut b = std::mem::take(&mut self.buckets[i]);
+            for (k, seq) in b.drain(..) {
+                let Some(e) = self.entries.get_mut(k) else {
+                    continue;
+                };
+                if e.seq != seq || e.fired {
+                    continue;
+                }
+                if e.due <= now {
+                    e.fired = true;
+                    out.extend(e.waker.take());
+                } else {
+                    // A later turn of the wheel.
+                    self.buckets[(e.due % SLOTS as u64) as usize].push((k, seq));
+                }
+            }
+            // Keep the bucket's capacity (and anything re-filed into it).
+            let refiled = std::mem::replace(&mut self.buckets[i], b);
+            self.buckets[i].extend(refiled);
+        }
+        self.done = now;
+    }
 }
 
 thread_local! {
     /// Ticks since this thread's ticker started; `u64::MAX`: no ticker.
     static NOW: Cell<u64> = const { Cell::new(u64::MAX) };
-    static WHEEL: RefCell<Slab<Entry>> = const { RefCell::new(Slab::new()) };
+    static WHEEL: RefCell<Wheel> = const { RefCell::new(Wheel::new()) };
 }
 
 /// The operation did not finish before its deadline.
@@ -57,19 +134,13 @@ pub async fn run() {
     let _stopped = Stopped;
     let start = Instant::now();
     NOW.with(|n| n.set(0));
+    WHEEL.with(|w| w.borrow_mut().done = 0);
     let mut due = Vec::new();
     loop {
         tokio::time::sleep(TICK).await;
         let now = (start.elapsed().as_millis() / TICK.as_millis()) as u64;
         NOW.with(|n| n.set(now));
-        WHEEL.with(|w| {
-            for (_, e) in w.borrow_mut().iter_mut() {
-                if !e.fired && e.due <= now {
-                    e.fired = true;
-                    due.extend(e.waker.take());
-                }
-            }
-        });
+        WHEEL.with(|w| w.borrow_mut().advance(now, &mut due));
         // Woken outside the borrow (a wake only schedules the task).
         for wk in due.drain(..) {
             wk.wake();
@@ -103,7 +174,7 @@ impl<F> Deadline<F> {
     fn disarm(&mut self) {
         if let Some(k) = self.key.take() {
             WHEEL.with(|w| {
-                w.borrow_mut().try_remove(k);
+                w.borrow_mut().entries.try_remove(k);
             });
         }
     }
@@ -123,7 +194,7 @@ impl<F: Future> Future for Deadline<F> {
         }
         let fired = WHEEL.with(|w| {
             let mut w = w.borrow_mut();
-            match this.key.and_then(|k| w.get_mut(k)) {
+            match this.key.and_then(|k| w.entries.get_mut(k)) {
                 Some(e) if e.fired => true,
                 Some(e) => {
                     if !e.waker.as_ref().is_some_and(|x| x.will_wake(cx.waker())) {
@@ -132,11 +203,7 @@ impl<F: Future> Future for Deadline<F> {
                     false
                 }
                 None => {
-                    this.key = Some(w.insert(Entry {
-                        due: this.due,
-                        waker: Some(cx.waker().clone()),
-                        fired: false,
-                    }));
+                    this.key = Some(w.arm(this.due, cx.waker().clone()));
                     false
                 }
             }
@@ -157,7 +224,7 @@ impl<F> Drop for Deadline<F> {
 
 /// Deadlines armed now on this thread (a test aid).
 pub fn armed() -> usize {
-    WHEEL.with(|w| w.borrow().len())
+    WHEEL.with(|w| w.borrow().entries.len())
 }
 
 #[cfg(test)]
@@ -197,6 +264,40 @@ mod tests {
             let _ = tokio::time::timeout(Duration::from_millis(5), f).await;
             assert_eq!(armed(), 0);
         });
+    }
+
+    fn waker() -> Waker {
+        std::task::Waker::noop().clone()
+    }
+
+    #[test]
+    fn wheel_fires_on_time_across_turns_and_skips_disarmed() {
+        let mut w = Wheel::new();
+        let mut out = Vec::new();
+        let a = w.arm(3, waker());
+        let far = w.arm(3 + SLOTS as u64 * 4, waker()); // same bucket, four turns on
+        let gone = w.arm(5, waker());
+        w.entries.remove(gone);
+        let reused = w.arm(700, waker()); // may take `gone`'s key
+        w.advance(2, &mut out);
+        assert!(out.is_empty());
+        w.advance(3, &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(w.entries[a].fired && !w.entries[far].fired);
+        out.clear();
+        w.advance(699, &mut out);
+        assert!(out.is_empty(), "the stale record of `gone` fired nothing");
+        w.advance(700, &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(w.entries[reused].fired);
+        out.clear();
+        // A ticker late by more than a turn still fires what is due, once.
+        w.advance(3 + SLOTS as u64 * 5, &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(w.entries[far].fired);
+        // Records do not pile up: each live deadline is filed once.
+        let filed: usize = w.buckets.iter().map(Vec::len).sum();
+        assert!(filed <= 1, "{filed}");
     }
 
     #[test]
