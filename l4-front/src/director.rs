@@ -39,6 +39,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
         source,
     };
     let mac = afpacket::if_mac(&iface).map_err(ierr)?;
+    let ifindex = afpacket::ifindex(&iface).map_err(ierr)?;
     let local_ip = match cfg.director.local_ip {
         Some(ip) => u32::from(ip),
         None => afpacket::if_ipv4(&iface).map_err(ierr)?,
@@ -110,16 +111,31 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
             // nothing, so frames are not cloned into it.
             first = PacketSocket::open_tx(&iface).ok();
         }
+        // TPACKET_V2 transmit ring unless disabled or refused: 1,024 slots
+        // of 2 KiB (a standard frame plus the slot header).
+        let txr = if cfg.director.tx_ring {
+            match crate::datapath::txring::TxRing::open(ifindex, 1024, 2048) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "TPACKET_V2 transmit ring refused; using sendmmsg");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let st = Arc::new(WorkerStats::new(&shared.shape()));
         stats.push(st.clone());
         let proc = Processor::new(shared.clone(), st);
         let (c, s) = (clock.clone(), stop.clone());
         let builder = std::thread::Builder::new().name(format!("l4-worker-{i}"));
         let h = match ring {
-            Some((sock, ring)) => builder.spawn(move || worker::run_ring(sock, ring, proc, c, s)),
+            Some((sock, ring)) => {
+                builder.spawn(move || worker::run_ring(sock, ring, txr, proc, c, s))
+            }
             None => {
                 let sock = PacketSocket::open(&iface, Some(group)).map_err(sock_err)?;
-                builder.spawn(move || worker::run(sock, proc, c, s))
+                builder.spawn(move || worker::run(sock, txr, proc, c, s))
             }
         }
         .map_err(RunError::Spawn)?;
@@ -158,6 +174,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
         local_ip = %Ipv4Addr::from(local_ip),
         workers,
         rx_ring = cfg.director.rx_ring,
+        tx_ring = cfg.director.tx_ring,
         services = shared.services().list.len(),
         "l4-front running"
     );

@@ -160,6 +160,8 @@ pub struct Director {
     pub control_socket: Option<PathBuf>,
     /// Receive through TPACKET_V3 rings (else `recvmmsg`).
     pub rx_ring: bool,
+    /// Send through TPACKET_V2 rings (else `sendmmsg`).
+    pub tx_ring: bool,
     /// Install an nftables netdev-ingress rule that drops VIP traffic in
     /// this host's kernel once the workers' packet sockets have seen it.
     pub kernel_drop: bool,
@@ -291,6 +293,7 @@ impl Config {
             stats_interval_ms: d.stats_interval_ms.unwrap_or(1000).max(50),
             control_socket: d.control_socket.map(PathBuf::from),
             rx_ring: d.rx_ring.unwrap_or(true),
+            tx_ring: d.tx_ring.unwrap_or(true),
             kernel_drop: d.kernel_drop.unwrap_or(true),
         };
 

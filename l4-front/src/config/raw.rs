@@ -52,6 +52,7 @@ pub struct Director {
     pub stats_interval_ms: Option<u64>,
     pub control_socket: Option<String>,
     pub rx_ring: Option<bool>,
+    pub tx_ring: Option<bool>,
     pub kernel_drop: Option<bool>,
 }
 

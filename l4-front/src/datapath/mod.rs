@@ -5,6 +5,7 @@ pub mod afpacket;
 pub mod neigh;
 pub mod process;
 pub mod ring;
+pub mod txring;
 pub mod worker;
 
 pub use process::{Processor, Verdict};

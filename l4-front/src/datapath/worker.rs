@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::afpacket::{PacketSocket, RxMeta};
 use super::process::{Processor, Verdict, OUT_BUF};
+use super::txring::TxRing;
 use crate::packet::DropReason;
 use crate::stats::Counter;
 
@@ -17,7 +18,13 @@ const RX_BUF: usize = 9216 + 256;
 /// Frames per `recvmmsg`/`sendmmsg`.
 const BATCH: usize = 32;
 
-pub fn run(sock: PacketSocket, mut proc: Processor, clock: Arc<AtomicU32>, stop: Arc<AtomicBool>) {
+pub fn run(
+    sock: PacketSocket,
+    mut txr: Option<TxRing>,
+    mut proc: Processor,
+    clock: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+) {
     let mut rx: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; RX_BUF]).collect();
     let mut tx: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; OUT_BUF]).collect();
     let mut meta = [RxMeta {
@@ -71,7 +78,7 @@ pub fn run(sock: PacketSocket, mut proc: Processor, clock: Arc<AtomicU32>, stop:
         if k == 0 {
             continue;
         }
-        send_counted(&sock, &proc, &out[..k], bytes);
+        send_counted(&sock, &mut txr, &proc, &out[..k], bytes);
     }
 }
 
@@ -80,6 +87,7 @@ pub fn run(sock: PacketSocket, mut proc: Processor, clock: Arc<AtomicU32>, stop:
 pub fn run_ring(
     sock: PacketSocket,
     mut ring: super::ring::RxRing,
+    mut txr: Option<TxRing>,
     mut proc: Processor,
     clock: Arc<AtomicU32>,
     stop: Arc<AtomicBool>,
@@ -134,19 +142,45 @@ pub fn run_ring(
             if k == 0 {
                 continue;
             }
-            send_counted(&sock, &proc, &out[..k], bytes);
+            send_counted(&sock, &mut txr, &proc, &out[..k], bytes);
         }
         ring.release();
     }
 }
 
-/// Sends a batch with `sendmmsg` and counts frames, bytes and failures.
-fn send_counted(sock: &PacketSocket, proc: &Processor, out: &[&[u8]], bytes: u64) {
-    let k = out.len();
-    match sock.send_batch(out) {
+/// Sends a batch — through the transmit ring when there is one, the rest
+/// (frames too large for a slot, or a ring still full) with `sendmmsg` —
+/// and counts frames, bytes and failures.
+fn send_counted(
+    sock: &PacketSocket,
+    txr: &mut Option<TxRing>,
+    proc: &Processor,
+    out: &[&[u8]],
+    bytes: u64,
+) {
+    let mut rest = out;
+    if let Some(r) = txr {
+        let mut k = 0;
+        while k < out.len() && r.queue(out[k]) {
+            k += 1;
+        }
+        match r.flush() {
+            Ok(n) => proc.stats().add(Counter::TxFrames, n as u64),
+            Err(e) => {
+                proc.stats().add(Counter::TxErrors, k as u64);
+                tracing::debug!(error = %e, "ring send failed");
+            }
+        }
+        rest = &out[k..];
+    }
+    proc.stats().add(Counter::TxBytes, bytes);
+    if rest.is_empty() {
+        return;
+    }
+    let k = rest.len();
+    match sock.send_batch(rest) {
         Ok(sent) => {
             proc.stats().add(Counter::TxFrames, sent as u64);
-            proc.stats().add(Counter::TxBytes, bytes);
             if sent < k {
                 proc.stats().add(Counter::TxErrors, (k - sent) as u64);
             }
