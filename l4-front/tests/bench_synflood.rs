@@ -189,20 +189,23 @@ fn synflood_director_vs_kernel_forwarding() {
     let mut results: Vec<(&str, f64, f64)> = vec![("kernel forwarding", kg, kernel)];
     // `dr-mmsg`: DR sending with sendmmsg instead of the transmit ring
     // (director.tx_ring = false), for a side-by-side of the two.
-    for name in ["dr", "tun", "dr-mmsg"] {
+    // `dr-nodrop`: DR without the nftables ingress drop (director.kernel_drop
+    // = false), the host's kernel then routing and dropping each frame.
+    for name in ["dr", "tun", "dr-mmsg", "dr-nodrop"] {
         if !paths.split(',').any(|p| p.trim() == name) {
             continue;
         }
-        let (method, tx_ring) = match name {
-            "dr-mmsg" => ("dr", false),
-            m => (m, true),
+        let (method, tx_ring, kernel_drop) = match name {
+            "dr-mmsg" => ("dr", false, true),
+            "dr-nodrop" => ("dr", true, false),
+            m => (m, true, true),
         };
         let cfg = lab.dir.join(format!("{name}.toml"));
         std::fs::write(
             &cfg,
             format!(
                 "[director]\ninterface = \"d0\"\nworkers = 1\nstats_file = \"{}\"\n\
-                 tx_ring = {tx_ring}\n\
+                 tx_ring = {tx_ring}\nkernel_drop = {kernel_drop}\n\
                  [[service]]\nvip = \"{VIP}\"\nport = 80\nscheduler = \"rr\"\n\
                  [[service.real_server]]\naddress = \"10.201.2.11\"\nmethod = \"{method}\"\n",
                 lab.dir.join(format!("{name}.stats")).display()
@@ -228,7 +231,8 @@ fn synflood_director_vs_kernel_forwarding() {
             match name {
                 "dr" => "l4-front DR",
                 "tun" => "l4-front TUN",
-                _ => "l4-front DR sendmmsg",
+                "dr-mmsg" => "l4-front DR sendmmsg",
+                _ => "l4-front DR no drop",
             },
             g,
             f,
