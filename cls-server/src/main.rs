@@ -8,7 +8,16 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use cls_server::Config;
 
-fn main() -> anyhow::Result<()> {
+/// Errors are printed as one line per cause (`a: b: c`), without the
+/// backtrace `anyhow` would add under RUST_BACKTRACE, and exit with 1.
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("cls-server: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let mut config = PathBuf::from("configs/cls-server.toml");
     while let Some(a) = args.next() {

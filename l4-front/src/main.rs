@@ -16,7 +16,16 @@ extern "C" fn on_signal(_: libc::c_int) {
     SHUTDOWN.store(true, Ordering::Relaxed);
 }
 
-fn main() -> anyhow::Result<()> {
+/// Errors are printed as one line per cause (`a: b: c`), without the
+/// backtrace `anyhow` would add under RUST_BACKTRACE, and exit with 1.
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("l4-front: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
     let mut config: Option<PathBuf> = None;
     let mut check = false;
     let mut args = std::env::args().skip(1);

@@ -15,12 +15,11 @@ use crate::packet::parse::{PROTO_TCP, PROTO_UDP};
 /// A configuration problem, naming the offending field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
+    #[error("{path}: {err}")]
+    Read { path: String, err: std::io::Error },
+    /// Syntax or type errors; toml's message names the line, the column
+    /// and the key.
+    #[error(transparent)]
     Toml(#[from] toml::de::Error),
     #[error("{field}: {msg}")]
     Field { field: String, msg: String },
@@ -238,9 +237,9 @@ impl Config {
 
     /// Reads and checks a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            err,
         })?;
         Self::parse(&text)
     }
