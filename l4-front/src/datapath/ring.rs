@@ -8,9 +8,8 @@ use std::mem::size_of;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{fence, Ordering};
 
-use super::afpacket::PacketSocket;
+use super::afpacket::{map_ring, setopt, PacketSocket, SOL_PACKET};
 
-const SOL_PACKET: libc::c_int = 263;
 const PACKET_RX_RING: libc::c_int = 5;
 const PACKET_VERSION: libc::c_int = 10;
 const TPACKET_V3: libc::c_int = 2;
@@ -85,20 +84,7 @@ impl RxRing {
         tov_ms: u32,
     ) -> io::Result<RxRing> {
         let fd = sock.as_raw_fd();
-        let v: libc::c_int = TPACKET_V3;
-        // SAFETY: setsockopt with a live c_int.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                SOL_PACKET,
-                PACKET_VERSION,
-                (&v as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as _,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        setopt(fd, SOL_PACKET, PACKET_VERSION, &TPACKET_V3)?;
         let frame_size = 2048u32;
         let req = TpacketReq3 {
             tp_block_size: block_size as u32,
@@ -109,36 +95,11 @@ impl RxRing {
             tp_sizeof_priv: 0,
             tp_feature_req_word: 0,
         };
-        // SAFETY: setsockopt with a live tpacket_req3.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                SOL_PACKET,
-                PACKET_RX_RING,
-                (&req as *const TpacketReq3).cast(),
-                size_of::<TpacketReq3>() as _,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        setopt(fd, SOL_PACKET, PACKET_RX_RING, &req)?;
         let size = block_size * blocks;
-        // SAFETY: mapping the ring the kernel just allocated for fd.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        let base = map_ring(fd, size)?;
         Ok(RxRing {
-            base: base.cast(),
+            base,
             size,
             block_size,
             blocks,

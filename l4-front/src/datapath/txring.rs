@@ -12,14 +12,14 @@ use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-const SOL_PACKET: libc::c_int = 263;
+use super::afpacket::{map_ring, setopt, PACKET_QDISC_BYPASS, SOL_PACKET};
+
 const PACKET_VERSION: libc::c_int = 10;
 const PACKET_TX_RING: libc::c_int = 13;
 const PACKET_LOSS: libc::c_int = 14;
 const PACKET_VNET_HDR: libc::c_int = 15;
 /// `struct virtio_net_hdr` before each frame (see [`TxRing::open`]).
 const VNET_HDR: usize = 10;
-const PACKET_QDISC_BYPASS: libc::c_int = 20;
 const TPACKET_V2: libc::c_int = 1;
 #[cfg(test)]
 const TP_STATUS_AVAILABLE: u32 = 0;
@@ -51,23 +51,6 @@ pub struct TxRing {
 // SAFETY: the mapping and socket are used by one worker thread at a time.
 unsafe impl Send for TxRing {}
 
-fn setopt<T>(fd: libc::c_int, name: libc::c_int, v: &T) -> io::Result<()> {
-    // SAFETY: `v` points at a live T of the size passed.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            SOL_PACKET,
-            name,
-            (v as *const T).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 impl TxRing {
     /// A send-only packet socket on interface `ifindex` with a ring of
     /// `frames` slots of `frame_size` bytes (a power of two ≥ 128, so that
@@ -90,7 +73,7 @@ impl TxRing {
         }
         // SAFETY: raw is a fresh fd we own.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        setopt(raw, PACKET_VERSION, &TPACKET_V2)?;
+        setopt(raw, SOL_PACKET, PACKET_VERSION, &TPACKET_V2)?;
         // With a virtio-net header per frame the kernel copies `hdr_len`
         // bytes into the socket buffer's linear part: set to the whole
         // frame, nothing is left in the ring's pages. Without it only the
@@ -98,36 +81,23 @@ impl TxRing {
         // page fragments, which a veth (and any path that must orphan
         // them) then copies into freshly allocated pages — dearer than the
         // one small copy.
-        setopt(raw, PACKET_VNET_HDR, &1i32)?;
+        setopt(raw, SOL_PACKET, PACKET_VNET_HDR, &1i32)?;
         let one: libc::c_int = 1;
-        let _ = setopt(raw, PACKET_QDISC_BYPASS, &one);
+        let _ = setopt(raw, SOL_PACKET, PACKET_QDISC_BYPASS, &one);
         // A slot the kernel finds malformed is skipped, not a stop.
-        let _ = setopt(raw, PACKET_LOSS, &one);
+        let _ = setopt(raw, SOL_PACKET, PACKET_LOSS, &one);
         let req = TpacketReq {
             tp_block_size: BLOCK as u32,
             tp_block_nr: blocks as u32,
             tp_frame_size: frame_size as u32,
             tp_frame_nr: frames as u32,
         };
-        setopt(raw, PACKET_TX_RING, &req)?;
+        setopt(raw, SOL_PACKET, PACKET_TX_RING, &req)?;
         let size = BLOCK * blocks;
-        // SAFETY: maps the ring the kernel just allocated for this socket.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                raw,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        let base = map_ring(raw, size)?;
         let ring = TxRing {
             fd,
-            base: base.cast(),
+            base,
             size,
             frame_size,
             frames,
