@@ -16,7 +16,7 @@ use crate::access_log::{capture, End, Fields};
 use crate::metrics::ErrorKind;
 
 use crate::http::request::{self, ForwardCtx};
-use crate::uring::{read_append, write_range};
+use crate::uring::{read_append, recv_now, write_range};
 use crate::worker::{ip_text, ServiceRt, Worker};
 
 /// The three buffers of a client connection, taken from the worker's pool.
@@ -79,6 +79,9 @@ async fn client_loop(
     let mut ipbuf = [0u8; 48];
     let peer_ip = ip_text(peer, &mut ipbuf);
     let mut sd = w.shutdown.clone();
+    // The first read of a new connection: its request has usually arrived
+    // by the time the connection is accepted.
+    let mut fresh = true;
     loop {
         w.current(&mut s, &mut seen);
         // 1. A whole request head.
@@ -113,6 +116,16 @@ async fn client_loop(
             } else {
                 lim.client_header_timeout
             };
+            if std::mem::take(&mut fresh) {
+                // One non-blocking recv takes it without an io_uring
+                // round trip (arming a poll that is ready at once).
+                match recv_now(client, &mut bufs.cb, 4096) {
+                    Ok(0) => return,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
             let cb = std::mem::take(&mut bufs.cb);
             let (res, cb) = if idle {
                 tokio::select! {

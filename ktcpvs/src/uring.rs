@@ -226,6 +226,36 @@ pub fn recv_op_max(
     )
 }
 
+/// One non-blocking recv(2) straight into the spare capacity of `buf`
+/// (grown by at least `min_room` first), without an io_uring round trip:
+/// for data that is probably there already. `WouldBlock` when it is not.
+pub fn recv_now(sock: &Rc<TcpStream>, buf: &mut Vec<u8>, min_room: usize) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < min_room.max(1) {
+        buf.reserve(min_room.max(1024));
+    }
+    let len = buf.len();
+    let room = buf.capacity() - len;
+    // SAFETY: the kernel writes at most `room` bytes into the spare
+    // capacity after `len`; the raw syscall, as in `write_range`.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_recvfrom,
+            sock.as_raw_fd(),
+            buf.as_mut_ptr().add(len),
+            room,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut::<libc::sockaddr>(),
+            std::ptr::null_mut::<libc::socklen_t>(),
+        )
+    } as isize;
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel initialised `n` bytes after `len`.
+    unsafe { buf.set_len(len + n as usize) };
+    Ok(n as usize)
+}
+
 /// Reads once, appending to `buf` (growing it by at least `min_room`
 /// spare bytes first). On timeout the buffer is lost with the cancelled
 /// operation and an empty one is returned with `TimedOut`.
