@@ -195,14 +195,9 @@ fn with_ioprio(e: squeue::Entry, ioprio: u16) -> squeue::Entry {
 /// after sending the response), when the data is almost never there yet.
 const RECVSEND_POLL_FIRST: u16 = 1;
 
-/// One recv(2) into the spare capacity of `buf`, appended after its
-/// current contents.
-pub fn recv_op(sock: &Rc<TcpStream>, buf: Vec<u8>) -> UnsubmittedOneshot<RecvData, RecvTransform> {
-    recv_op_max(sock, buf, u32::MAX as usize)
-}
-
-/// [`recv_op`] reading at most `max` bytes.
-pub fn recv_op_max(
+/// One recv(2) of at most `max` bytes into the spare capacity of `buf`,
+/// appended after its current contents.
+pub fn recv_op(
     sock: &Rc<TcpStream>,
     mut buf: Vec<u8>,
     max: usize,
@@ -226,13 +221,19 @@ pub fn recv_op_max(
     )
 }
 
+/// Grows `buf` so that at least `min_room` (and at least one) bytes are
+/// spare, by at least 1 KiB when it grows.
+fn reserve_room(buf: &mut Vec<u8>, min_room: usize) {
+    if buf.capacity() - buf.len() < min_room.max(1) {
+        buf.reserve(min_room.max(1024));
+    }
+}
+
 /// One non-blocking recv(2) straight into the spare capacity of `buf`
 /// (grown by at least `min_room` first), without an io_uring round trip:
 /// for data that is probably there already. `WouldBlock` when it is not.
 pub fn recv_now(sock: &Rc<TcpStream>, buf: &mut Vec<u8>, min_room: usize) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < min_room.max(1) {
-        buf.reserve(min_room.max(1024));
-    }
+    reserve_room(buf, min_room);
     let len = buf.len();
     let room = buf.capacity() - len;
     // SAFETY: the kernel writes at most `room` bytes into the spare
@@ -276,10 +277,8 @@ pub async fn read_append_max(
     max: usize,
     deadline: Option<Duration>,
 ) -> (io::Result<usize>, Vec<u8>) {
-    if buf.capacity() - buf.len() < min_room.max(1) {
-        buf.reserve(min_room.max(1024));
-    }
-    let fut = recv_op_max(sock, buf, max).submit();
+    reserve_room(&mut buf, min_room);
+    let fut = recv_op(sock, buf, max).submit();
     match deadline {
         None => fut.await,
         Some(d) => match crate::timer::timeout(d, fut).await {

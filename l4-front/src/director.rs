@@ -31,6 +31,22 @@ pub enum RunError {
     Spawn(std::io::Error),
 }
 
+/// A worker's optional packet ring: opened when `enabled`; a kernel that
+/// refuses it is warned about and the worker uses `fallback` instead.
+fn optional_ring<T>(
+    enabled: bool,
+    what: &str,
+    fallback: &str,
+    open: impl FnOnce() -> std::io::Result<T>,
+) -> Option<T> {
+    if !enabled {
+        return None;
+    }
+    open()
+        .map_err(|e| tracing::warn!(error = %e, "{what} refused; using {fallback}"))
+        .ok()
+}
+
 /// Runs the director until `shutdown` becomes true.
 pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
     let iface = cfg.director.interface.clone();
@@ -90,22 +106,13 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
             iface: iface.clone(),
             source,
         };
-        // TPACKET_V3 ring unless disabled or refused: 64 blocks of 256 KiB.
+        // TPACKET_V3 ring unless disabled or refused: 8 blocks of 1 MiB.
         // A block is handed over when full or after 1 ms, so the number of
-        // blocks, not their size, is how long the worker may fall behind
-        // (here 64 ms at any rate up to ~2 Mpps of small frames) before
-        // the kernel drops.
-        let ring = if cfg.director.rx_ring {
-            match PacketSocket::open_ring(&iface, Some(group), 1 << 20, 8) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::warn!(error = %e, "TPACKET_V3 ring refused; using recvmmsg");
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        // blocks, not their size, bounds how long the worker may fall
+        // behind before the kernel drops.
+        let ring = optional_ring(cfg.director.rx_ring, "TPACKET_V3 ring", "recvmmsg", || {
+            PacketSocket::open_ring(&iface, Some(group), 1 << 20, 8)
+        });
         if first.is_none() {
             // A send-only socket for the control plane (ARP): it receives
             // nothing, so frames are not cloned into it.
@@ -113,17 +120,12 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
         }
         // TPACKET_V2 transmit ring unless disabled or refused: 1,024 slots
         // of 2 KiB (a standard frame plus the slot header).
-        let txr = if cfg.director.tx_ring {
-            match crate::datapath::txring::TxRing::open(ifindex, 1024, 2048) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::warn!(error = %e, "TPACKET_V2 transmit ring refused; using sendmmsg");
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let txr = optional_ring(
+            cfg.director.tx_ring,
+            "TPACKET_V2 transmit ring",
+            "sendmmsg",
+            || crate::datapath::txring::TxRing::open(ifindex, 1024, 2048),
+        );
         let st = Arc::new(WorkerStats::new(&shared.shape()));
         stats.push(st.clone());
         let proc = Processor::new(shared.clone(), st);

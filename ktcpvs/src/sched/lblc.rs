@@ -41,7 +41,6 @@ pub struct LocalityTable {
     map: super::slots::Slots,
     /// lblcr: target hash → server set.
     pub(crate) sets: super::setslots::SetSlots,
-    pub(crate) max_entries: usize,
     /// lblcr: a set unchanged for this long loses its busiest member.
     pub(crate) shrink_after_s: u32,
     clock: Clock,
@@ -54,7 +53,6 @@ impl LocalityTable {
         LocalityTable {
             map: super::slots::Slots::new(max_entries),
             sets: super::setslots::SetSlots::new(max_entries),
-            max_entries,
             shrink_after_s: super::lblcr::DEFAULT_SHRINK_S,
             clock: Clock::Real {
                 epoch: Instant::now(),
@@ -75,12 +73,6 @@ impl LocalityTable {
             sets: super::setslots::SetSlots::new(sized(Lblcr)),
             ..LocalityTable::new(0)
         }
-        .with_max_entries(max_entries)
-    }
-
-    fn with_max_entries(mut self, n: usize) -> LocalityTable {
-        self.max_entries = n;
-        self
     }
 
     /// lblcr's K: seconds without change after which a server set shrinks.
