@@ -948,6 +948,28 @@ def svg_plot(cs, path, trunc=None):
         f.write("\n".join(o) + "\n")
 
 
+CC_SYSCTL = "/proc/sys/net/ipv4/tcp_congestion_control"
+
+
+def read_cc():
+    try:
+        with open(CC_SYSCTL) as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def set_cc(algo):
+    """Sets the system-wide default TCP congestion control (root); every
+    socket the run opens, on every side, gets it: a like-for-like change."""
+    try:
+        with open(CC_SYSCTL, "w") as f:
+            f.write(algo)
+    except OSError as e:
+        sys.exit(f"bench: --congestion {algo}: cannot write {CC_SYSCTL}: {e} "
+                 f"(available: {open('/proc/sys/net/ipv4/tcp_available_congestion_control').read().strip()})")
+
+
 def versions(ktcpvs_bin):
     def first(cmd):
         try:
@@ -983,6 +1005,9 @@ def main():
     ap.add_argument("--no-strace", action="store_true")
     ap.add_argument("--svg", default=os.path.join(HERE, "splice-vs-copy.svg"))
     ap.add_argument("--report", metavar="JSON", help="only re-render tables + SVG from a saved results JSON")
+    ap.add_argument("--congestion", metavar="ALGO",
+                    help="run with net.ipv4.tcp_congestion_control = ALGO (every proxy, origin and "
+                         "client alike; restored afterwards). Default: leave the machine's setting")
     args = ap.parse_args()
     if args.report:
         with open(args.report) as f:
@@ -1003,13 +1028,20 @@ def main():
     b = Bench(args)
     meta = versions(args.ktcpvs)
     meta.update(reps=b.reps, quick=args.quick, command=" ".join(["bench/run.sh"] + sys.argv[1:]))
+    saved_cc = read_cc()
     t0 = time.time()
     try:
-        log(f"temp dir {b.tmp}; starting origins and proxies")
+        if args.congestion:
+            set_cc(args.congestion)
+        meta["tcp_congestion"] = read_cc() + (" (set for this run; machine default " + saved_cc + ")"
+                                              if args.congestion else " (machine default)")
+        log(f"temp dir {b.tmp}; starting origins and proxies; TCP congestion control {meta['tcp_congestion']}")
         b.setup()
         b.run()
     finally:
         b.teardown()
+        if args.congestion and read_cc() != saved_cc:
+            set_cc(saved_cc)
     meta["duration_s"] = round(time.time() - t0)
     s = summarize(b.raw)
     meta["threads"] = getattr(b, "threads", None)

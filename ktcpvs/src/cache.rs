@@ -425,7 +425,7 @@ pub async fn exchange_origin(
                 w.stats.pool_reused_total.fetch_add(1, Relaxed);
                 c
             }
-            None => match crate::proxy::connect(addr, s.cfg.pool.connect_timeout).await {
+            None => match crate::proxy::connect(addr, &s.cfg.pool).await {
                 Ok(c) => {
                     w.stats.pool_new_total.fetch_add(1, Relaxed);
                     Rc::new(c)

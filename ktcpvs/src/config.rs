@@ -75,6 +75,8 @@ pub struct RawService {
     pub name: Option<String>,
     pub listen: Option<String>,
     pub scheduler: Option<String>,
+    /// TCP congestion control of accepted client connections.
+    pub client_congestion: Option<String>,
     #[serde(default)]
     pub forwarding: RawForwarding,
     #[serde(default)]
@@ -133,6 +135,8 @@ pub struct RawPool {
     pub idle_timeout_ms: Option<u64>,
     pub connect_timeout_ms: Option<u64>,
     pub response_timeout_ms: Option<u64>,
+    /// TCP congestion control of new real-server connections.
+    pub congestion: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -209,6 +213,8 @@ pub struct ServiceConfig {
     pub name: String,
     pub listen: SocketAddr,
     pub scheduler: SchedulerKind,
+    /// TCP_CONGESTION of accepted client connections (None: the system's).
+    pub client_congestion: Option<Congestion>,
     pub forwarding: Forwarding,
     pub pool: PoolConfig,
     pub lblc_max_entries: usize,
@@ -243,6 +249,67 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// TCP_CONGESTION of new server connections (None: the system's).
+    pub congestion: Option<Congestion>,
+}
+
+/// A TCP congestion-control algorithm name (`TCP_CONGESTION`), checked
+/// against what the kernel offers when the configuration is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Congestion(String);
+
+/// Where the kernel lists the algorithms it has (loaded or built in).
+const AVAILABLE_CC: &str = "/proc/sys/net/ipv4/tcp_available_congestion_control";
+
+impl Congestion {
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    /// Checks `v` for `field`: a name of at most 15 bytes the kernel has.
+    fn parse(field: &str, v: Option<String>) -> Result<Option<Congestion>, ConfigError> {
+        let Some(v) = v else { return Ok(None) };
+        if v.is_empty()
+            || v.len() > 15
+            || !v
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(field_err(
+                field,
+                format!("{v:?} is not a congestion-control name (e.g. \"cubic\", \"bbr\")"),
+            ));
+        }
+        // Where /proc cannot be read (another OS, a sandbox), the socket
+        // option's own error at start-up is the check.
+        if let Ok(have) = std::fs::read_to_string(AVAILABLE_CC) {
+            if !have.split_whitespace().any(|a| a == v) {
+                return Err(field_err(
+                    field,
+                    format!(
+                        "{v:?} is not available on this machine (available: {}; see {AVAILABLE_CC})",
+                        have.trim()
+                    ),
+                ));
+            }
+        }
+        // The kernel refuses an algorithm outside
+        // net.ipv4.tcp_allowed_congestion_control to a process without
+        // CAP_NET_ADMIN: try it on a scratch socket so that this, too, is
+        // an error now rather than a silent default per connection.
+        let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .and_then(|sock| sock.set_tcp_congestion(v.as_bytes()));
+        if let Err(e) = probe {
+            return Err(field_err(
+                field,
+                format!(
+                    "cannot use {v:?}: {e} (an unprivileged process may use only \
+                     net.ipv4.tcp_allowed_congestion_control)"
+                ),
+            ));
+        }
+        Ok(Some(Congestion(v)))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -456,6 +523,7 @@ impl RawConfig {
                     p.response_timeout_ms,
                     30_000,
                 )?,
+                congestion: Congestion::parse(&f("pool.congestion"), p.congestion)?,
             };
             if s.server.is_empty() {
                 return Err(field_err(
@@ -569,6 +637,7 @@ impl RawConfig {
                 name,
                 listen,
                 scheduler,
+                client_congestion: Congestion::parse(&f("client_congestion"), s.client_congestion)?,
                 forwarding,
                 pool,
                 lblc_max_entries,

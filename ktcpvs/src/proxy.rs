@@ -170,7 +170,7 @@ pub async fn exchange(
                 s.cls
                     .as_ref()
                     .map_or(server.addr, |c| c.connect_addr(server.addr)),
-                s.cfg.pool.connect_timeout,
+                &s.cfg.pool,
             )
             .await
             {
@@ -274,11 +274,23 @@ pub(crate) async fn fail_client(w: &Rc<Worker>, client: &Rc<TcpStream>, f: Fail)
     }
 }
 
-pub(crate) async fn connect(addr: std::net::SocketAddr, limit: Duration) -> io::Result<TcpStream> {
-    let c = tokio::time::timeout(limit, TcpStream::connect(addr))
+/// A new connection to a real server (or origin), set up as the service's
+/// pool settings say.
+pub(crate) async fn connect(
+    addr: std::net::SocketAddr,
+    pool: &crate::config::PoolConfig,
+) -> io::Result<TcpStream> {
+    let c = tokio::time::timeout(pool.connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     c.set_nodelay(true)?;
+    if let Some(cc) = &pool.congestion {
+        // Checked when the configuration was read; a failure here leaves
+        // the system's algorithm, which still works.
+        if let Err(e) = crate::uring::set_congestion(c.as_raw_fd(), cc) {
+            debug!(%addr, error = %e, "cannot set pool.congestion");
+        }
+    }
     Ok(c)
 }
 

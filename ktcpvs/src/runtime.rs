@@ -354,6 +354,7 @@ impl Runtime {
                     name: Some(name.clone()),
                     listen: Some(listen.to_string()),
                     scheduler: scheduler.map(|k| k.name().to_string()),
+                    client_congestion: None,
                     forwarding: Default::default(),
                     pool: Default::default(),
                     lblc: Default::default(),

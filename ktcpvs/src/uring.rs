@@ -136,6 +136,28 @@ pub fn set_rcvlowat(fd: RawFd, bytes: u32) {
     }
 }
 
+/// Sets a socket's TCP congestion control (`TCP_CONGESTION`): once per
+/// accepted connection or new server connection when a service asks for
+/// one (`client_congestion`, `pool.congestion`).
+pub fn set_congestion(fd: RawFd, cc: &crate::config::Congestion) -> io::Result<()> {
+    let name = cc.name().as_bytes();
+    // SAFETY: setsockopt reads `name.len()` bytes from a live slice.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// True if a pooled, idle connection still looks usable: nothing to read
 /// and not closed by the peer (non-blocking MSG_PEEK).
 pub fn idle_socket_alive(fd: RawFd) -> bool {

@@ -379,7 +379,17 @@ async fn accept_loop(
                     continue;
                 }
                 // TCP_NODELAY: inherited from the listener (set once at
-                // bind), no setsockopt per connection.
+                // bind), no setsockopt per connection. A congestion
+                // control, when asked for, is set per connection so that a
+                // reload changes it for the next one (the name was tried
+                // when the configuration was read).
+                if let Some(cc) = &s.cfg.client_congestion {
+                    if let Err(e) =
+                        crate::uring::set_congestion(std::os::fd::AsRawFd::as_raw_fd(&stream), cc)
+                    {
+                        debug!(%peer, error = %e, "cannot set client_congestion");
+                    }
+                }
                 tokio_uring::spawn(crate::conn::serve_client(w.clone(), s, stream, peer));
             }
             Err(e) => {

@@ -69,6 +69,8 @@ pub struct Service {
     pub servers: Vec<Server>,
     /// Extra `key = value` lines of the `[[service]]` table itself.
     pub keys: String,
+    /// Extra `key = value` lines of its `[service.pool]` table.
+    pub pool_keys: String,
 }
 
 /// The whole configuration file.
@@ -119,6 +121,7 @@ impl Config {
                 extra: String::new(),
                 servers,
                 keys: String::new(),
+                pool_keys: String::new(),
             }],
         }
     }
@@ -162,8 +165,8 @@ impl Config {
             );
             let _ = writeln!(
                 s,
-                "[service.pool]\nmax_idle_per_server = {}\nidle_timeout_ms = {}\nconnect_timeout_ms = {}\nresponse_timeout_ms = {}\n",
-                svc.max_idle_per_server, svc.idle_timeout_ms, svc.connect_timeout_ms, svc.response_timeout_ms
+                "[service.pool]\nmax_idle_per_server = {}\nidle_timeout_ms = {}\nconnect_timeout_ms = {}\nresponse_timeout_ms = {}\n{}",
+                svc.max_idle_per_server, svc.idle_timeout_ms, svc.connect_timeout_ms, svc.response_timeout_ms, svc.pool_keys
             );
             s.push_str(&svc.extra);
             s.push('\n');

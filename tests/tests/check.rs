@@ -185,3 +185,36 @@ fn check_refuses_a_missing_file_and_broken_toml() {
     assert!(!out.success(), "{out:?}");
     assert!(!out.stderr.trim().is_empty(), "no message: {out:?}");
 }
+
+#[test]
+fn check_refuses_a_congestion_control_the_kernel_lacks_naming_the_field() {
+    let bad = valid().replacen(
+        "scheduler = \"rr\"",
+        "scheduler = \"rr\"\nclient_congestion = \"no-such-cc\"",
+        1,
+    );
+    refused_naming(&bad, "service[0].client_congestion");
+    let bad = valid().replacen(
+        "response_timeout_ms = 5000",
+        "response_timeout_ms = 5000\ncongestion = \"not a name\"",
+        1,
+    );
+    refused_naming(&bad, "service[1].pool.congestion");
+}
+
+#[test]
+fn check_accepts_an_available_congestion_control() {
+    // reno is always built in.
+    let ok = valid().replacen(
+        "scheduler = \"rr\"",
+        "scheduler = \"rr\"\nclient_congestion = \"reno\"",
+        1,
+    );
+    let ok = ok.replacen(
+        "response_timeout_ms = 5000",
+        "response_timeout_ms = 5000\ncongestion = \"reno\"",
+        1,
+    );
+    let out = run_check(&ok);
+    assert!(out.success(), "{out:?}");
+}
