@@ -284,6 +284,9 @@ pub(crate) async fn connect(
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     c.set_nodelay(true)?;
+    // Ready for splice(2) (see `splice_exact`); io_uring operations and
+    // this crate's direct sends (MSG_DONTWAIT) work the same either way.
+    set_nonblocking(c.as_raw_fd())?;
     if let Some(cc) = &pool.congestion {
         // Checked when the configuration was read; a failure here leaves
         // the system's algorithm, which still works.
@@ -672,11 +675,15 @@ async fn splice_exact(
     let (fd_in, fd_out) = (from.as_raw_fd(), to.as_raw_fd());
     // splice(2) honours only the sockets' own O_NONBLOCK (SPLICE_F_NONBLOCK
     // covers the pipe): without it a splice from an empty socket would
-    // block the whole worker.
+    // block the whole worker. Server sockets are non-blocking from
+    // `connect` on; a client socket is made so here, once per splice.
     // Either failure (no pipe, or no O_NONBLOCK) means a buffered copy.
+    let is_server = |f: &Fail| matches!(f, Fail::Server);
     let pipe = w.take_pipe().filter(|_| {
-        set_nonblocking(fd_in)
-            .and_then(|_| set_nonblocking(fd_out))
+        [(fd_in, &from_fail), (fd_out, &to_fail)]
+            .into_iter()
+            .filter(|(_, f)| !is_server(f))
+            .try_for_each(|(fd, _)| set_nonblocking(fd))
             .inspect_err(|e| warn!(error = %e, "cannot make sockets non-blocking; copying instead of splicing"))
             .is_ok()
     });
@@ -686,9 +693,13 @@ async fn splice_exact(
         w.give_buf(buf);
         return r.map(|_| ());
     };
-    let r = splice_loop(w, from, to, &pipe, n, limit).await;
+    // The source's SO_RCVLOWAT as splice_loop leaves it.
+    let mut lowat = 1;
+    let r = splice_loop(w, from, to, &pipe, n, limit, &mut lowat).await;
     // The source may be a pooled server socket: back to the default.
-    set_rcvlowat(fd_in, 1);
+    if lowat != 1 {
+        set_rcvlowat(fd_in, 1);
+    }
     match r {
         Ok(()) => {
             w.stats.spliced_bytes_total.fetch_add(n, Relaxed);
@@ -723,20 +734,22 @@ async fn splice_loop(
     pipe: &Pipe,
     mut n: u64,
     limit: Option<Duration>,
+    lowat: &mut u64,
 ) -> Result<(), Side> {
     let (fd_in, fd_out) = (from.as_raw_fd(), to.as_raw_fd());
-    let mut lowat = 0u64;
     while n > 0 {
         let want = n.min(pipe.cap as u64);
-        // Wake-ups only once `want` bytes are queued (or at EOF/error).
-        if want != lowat {
-            set_rcvlowat(fd_in, want as u32);
-            lowat = want;
-        }
         let mut got = match splice_nb(fd_in, pipe.w, want as usize) {
             Ok(0) => return Err(Side::From),
             Ok(g) => g,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Nothing queued: wake only once `want` bytes are (or at
+                // EOF/error). Set only when a wait comes, so a body that
+                // arrives ahead of the splices costs no setsockopt.
+                if want != *lowat {
+                    set_rcvlowat(fd_in, want as u32);
+                    *lowat = want;
+                }
                 let wait = poll(from, libc::POLLIN);
                 tokio::pin!(wait);
                 let ready = tokio::select! {
@@ -748,7 +761,7 @@ async fn splice_loop(
                         // queued) so that data is never held back long and
                         // the idle timeout measures silence, not slowness.
                         set_rcvlowat(fd_in, 1);
-                        lowat = 1;
+                        *lowat = 1;
                         match limit {
                             Some(d) => tokio::time::timeout(d, wait)
                                 .await
