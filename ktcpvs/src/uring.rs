@@ -506,6 +506,34 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// The patched tokio-uring (vendor/tokio-uring/PATCHED.md) sleeps in
+    /// io_uring with no timeout of its own; its ring tick must still let
+    /// tokio's timers fire and other threads' wake-ups through when no
+    /// I/O completes at all.
+    #[test]
+    fn timers_and_wakeups_from_other_threads_reach_an_idle_worker() {
+        let (tx, mut rx) = tokio::sync::watch::channel(0u32);
+        let (done, got) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            tokio_uring::start(async move {
+                let t0 = std::time::Instant::now();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let slept = t0.elapsed();
+                // Sent by another thread while this one sleeps in io_uring.
+                let _ = rx.changed().await;
+                let _ = done.send((slept, *rx.borrow()));
+            })
+        });
+        std::thread::sleep(Duration::from_millis(60));
+        tx.send(7).unwrap();
+        let (slept, v) = got
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a timer or a cross-thread wake-up never reached the runtime");
+        assert_eq!(v, 7);
+        assert!(slept >= Duration::from_millis(20), "{slept:?}");
+        assert!(slept < Duration::from_secs(2), "{slept:?}");
+    }
+
     #[test]
     fn pipe_is_open_and_sized() {
         let p = Pipe::new(256 * 1024).unwrap();
