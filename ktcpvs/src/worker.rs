@@ -195,6 +195,10 @@ impl Worker {
                 old.origins.borrow_mut().close();
             }
         }
+        // The CLS client talks through tokio's own reactor (epoll), which a
+        // worker sleeping in io_uring would notice only at the next
+        // completion or ring tick (vendor/tokio-uring/PATCHED.md).
+        tokio_uring::set_park_in_ring(!next.iter().any(|s| s.cls.is_some()));
         *cur = next;
         drop(cur);
         for (id, name, closed, l) in accept {

@@ -82,6 +82,7 @@ pub mod net;
 pub use io::write::*;
 pub use runtime::driver::op::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
 pub use runtime::spawn;
+pub use runtime::set_park_in_ring;
 pub use runtime::Runtime;
 
 use crate::runtime::driver::op::Op;

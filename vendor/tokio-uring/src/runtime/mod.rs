@@ -62,6 +62,20 @@ pub fn spawn<T: Future + 'static>(task: T) -> tokio::task::JoinHandle<T::Output>
     tokio::task::spawn_local(task)
 }
 
+std::thread_local! {
+    static PARK_IN_RING: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// (ktcpvs patch) Whether the runtime on this thread waits for io_uring
+/// completions inside `io_uring_enter` before tokio parks (the default; see
+/// PATCHED.md). While it waits there, readiness of descriptors registered
+/// with tokio's own reactor (`tokio::net` sockets) is noticed only at the
+/// next completion or ring tick (4 ms): a thread whose tasks do I/O through
+/// `tokio::net` should turn this off.
+pub fn set_park_in_ring(on: bool) {
+    PARK_IN_RING.with(|c| c.set(on));
+}
+
 impl Runtime {
     /// Creates a new tokio_uring runtime on the current thread.
     ///
@@ -70,10 +84,14 @@ impl Runtime {
         let rt = tokio::runtime::Builder::new_current_thread()
             .on_thread_park(|| {
                 CONTEXT.with(|x| {
-                    let _ = x
+                    let h = x
                         .handle()
-                        .expect("Internal error, driver context not present when invoking hooks")
-                        .flush_and_wait();
+                        .expect("Internal error, driver context not present when invoking hooks");
+                    let _ = if PARK_IN_RING.with(|c| c.get()) {
+                        h.flush_and_wait()
+                    } else {
+                        h.flush()
+                    };
                 });
             })
             .enable_all()

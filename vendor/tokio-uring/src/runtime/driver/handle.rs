@@ -45,6 +45,10 @@ impl Handle {
         self.inner.borrow_mut().dispatch_completions()
     }
 
+    pub(crate) fn flush(&self) -> io::Result<usize> {
+        self.inner.borrow_mut().uring.submit()
+    }
+
     /// ktcpvs patch: called when the thread is about to park in tokio's
     /// `epoll_wait`. Submits what is queued and, if no completion is
     /// waiting, sleeps in the same `io_uring_enter` until one arrives. A
