@@ -140,22 +140,9 @@ pub fn set_rcvlowat(fd: RawFd, bytes: u32) {
 /// accepted connection or new server connection when a service asks for
 /// one (`client_congestion`, `pool.congestion`).
 pub fn set_congestion(fd: RawFd, cc: &crate::config::Congestion) -> io::Result<()> {
-    let name = cc.name().as_bytes();
-    // SAFETY: setsockopt reads `name.len()` bytes from a live slice.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_CONGESTION,
-            name.as_ptr().cast(),
-            name.len() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    // SAFETY: the caller holds the socket open for the duration of the call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&fd).set_tcp_congestion(cc.name().as_bytes())
 }
 
 /// True if a pooled, idle connection still looks usable: nothing to read
