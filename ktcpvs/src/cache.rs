@@ -446,6 +446,9 @@ pub async fn exchange_origin(
                 if crate::proxy::completed(w, bufs, head, &done) {
                     s.origins.borrow_mut().put_key(addr, conn, max_origins);
                 } else {
+                    if done.upgraded {
+                        crate::tunnel::run(w, client, &conn, bufs).await;
+                    }
                     let _ = conn.shutdown(std::net::Shutdown::Both);
                 }
                 return done.keep_client;
@@ -497,6 +500,7 @@ mod tests {
                 x_forwarded_proto: false,
                 via: false,
                 request_id: false,
+                upgrade: false,
             },
             peer_ip: b"1.2.3.4",
             default_host: b"x",

@@ -67,6 +67,7 @@ pub struct RawLimits {
     pub client_header_timeout_ms: Option<u64>,
     pub client_idle_timeout_ms: Option<u64>,
     pub client_body_timeout_ms: Option<u64>,
+    pub tunnel_idle_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +127,7 @@ pub struct RawForwarding {
     pub x_forwarded_proto: Option<bool>,
     pub via: Option<bool>,
     pub request_id: Option<bool>,
+    pub upgrade: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -206,6 +208,9 @@ pub struct Limits {
     pub client_header_timeout: Duration,
     pub client_idle_timeout: Duration,
     pub client_body_timeout: Duration,
+    /// A switched-protocol tunnel (after a 101) with no byte either way
+    /// for this long is closed.
+    pub tunnel_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -241,6 +246,9 @@ pub struct Forwarding {
     pub via: bool,
     /// Add `X-Request-Id: <worker>-<n>` when the client sent none.
     pub request_id: bool,
+    /// Pass protocol upgrades (WebSocket): forward `Upgrade`, and after a
+    /// 101 relay bytes both ways (crate::proxy::tunnel).
+    pub upgrade: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -435,6 +443,11 @@ impl RawConfig {
                 l.client_body_timeout_ms,
                 60_000,
             )?,
+            tunnel_idle_timeout: positive_ms(
+                "limits.tunnel_idle_timeout_ms",
+                l.tunnel_idle_timeout_ms,
+                3_600_000,
+            )?,
         };
         if self.service.is_empty() {
             return Err(field_err("service", "at least one [[service]] is required"));
@@ -501,6 +514,7 @@ impl RawConfig {
                 x_forwarded_proto: fw.x_forwarded_proto.unwrap_or(true),
                 via: fw.via.unwrap_or(true),
                 request_id: fw.request_id.unwrap_or(false),
+                upgrade: fw.upgrade.unwrap_or(true),
             };
             let p = s.pool;
             let max_idle = p.max_idle_per_server.unwrap_or(64);

@@ -189,7 +189,7 @@ impl std::fmt::Display for ReqId {
     }
 }
 
-/// A request head refused before forwarding (400, 408, 431, 501): the
+/// A request head refused before forwarding (400, 408, 417, 431, 501): the
 /// reply, then its metrics and access-log line (the request line as far
 /// as it came).
 async fn refuse_request(
@@ -262,6 +262,7 @@ pub async fn reply_error(w: &Worker, client: &Rc<TcpStream>, status: u16) {
     let (counter, body): (_, &'static [u8]) = match status {
         400 => (&w.stats.bad_requests_total, b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad request\n"),
         408 => (&w.stats.bad_requests_total, b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nrequest timeout\n"),
+        417 => (&w.stats.bad_requests_total, b"HTTP/1.1 417 Expectation Failed\r\nContent-Type: text/plain\r\nContent-Length: 19\r\nConnection: close\r\n\r\nexpectation failed\n"),
         431 => (&w.stats.header_too_large_total, b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 32\r\nConnection: close\r\n\r\nrequest header fields too large\n"),
         501 => (&w.stats.bad_requests_total, b"HTTP/1.1 501 Not Implemented\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nnot implemented\n"),
         503 => (&w.stats.no_server_total, b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 20\r\nConnection: close\r\nRetry-After: 1\r\n\r\nno server available\n"),
@@ -270,7 +271,7 @@ pub async fn reply_error(w: &Worker, client: &Rc<TcpStream>, status: u16) {
     };
     counter.fetch_add(1, Relaxed);
     match status {
-        400 | 501 => w.stats.error(ErrorKind::Parse),
+        400 | 417 | 501 => w.stats.error(ErrorKind::Parse),
         408 => w.stats.error(ErrorKind::HeaderTimeout),
         431 => w.stats.error(ErrorKind::TooLarge),
         503 => w.stats.error(ErrorKind::NoServer),

@@ -22,6 +22,7 @@ pub mod quickstart;
 pub mod runtime;
 pub mod sched;
 pub mod timer;
+pub mod tunnel;
 pub mod uring;
 pub mod worker;
 

@@ -53,7 +53,7 @@ counters! {
     connections_active: "Client connections open now.",
     requests_total: "Requests forwarded to a real server.",
     responses_total: "Responses relayed completely to clients.",
-    bad_requests_total: "Requests refused with 400/501 (malformed or ambiguous).",
+    bad_requests_total: "Requests refused with 400/417/501 (malformed, ambiguous or unsupported).",
     header_too_large_total: "Requests refused with 431.",
     no_server_total: "Requests answered 503: no server available.",
     bad_gateway_total: "Requests answered 502 or 504 (server failed before responding).",
@@ -67,6 +67,8 @@ counters! {
     pool_idle: "Idle pooled real-server connections.",
     spliced_bytes_total: "Body bytes moved with splice(2).",
     copied_bytes_total: "Body bytes moved through user-space buffers.",
+    tunnels_total: "Connections switched to another protocol (101 to an Upgrade, e.g. WebSocket) and relayed as a tunnel.",
+    tunnels_active: "Switched-protocol tunnels open now.",
     cls_placed_total: "Requests sent where the CLS placed them.",
     cls_local_total: "Requests the worker placed itself (CLS down, slow, NONE or unusable answer).",
     cls_origin_total: "Cacheable requests the CLS sent to the origin (ORIGIN).",
@@ -96,7 +98,7 @@ pub enum ErrorKind {
     ServerAbort,
     /// The client left or broke its body mid-exchange.
     ClientAbort,
-    /// A malformed or unsupported request (400, 501).
+    /// A malformed or unsupported request (400, 417, 501).
     Parse,
     /// A request head over the limits (431).
     TooLarge,

@@ -46,6 +46,17 @@ pub fn note(f: impl FnOnce(&mut Rec)) {
     });
 }
 
+/// Whether anything of a response (interim ones included) has been sent
+/// to the client for the current request (false outside [`scope`]).
+#[inline]
+pub fn responding() -> bool {
+    REC.try_with(|c| {
+        let r = c.get();
+        r.status != 0 || r.head_out != 0
+    })
+    .unwrap_or(false)
+}
+
 /// Takes the current record, leaving a fresh one for the next request.
 #[inline]
 pub fn take() -> Rec {

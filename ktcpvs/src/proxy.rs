@@ -43,13 +43,20 @@ pub(crate) enum Fail {
     Timeout,
     /// The server's response head was malformed; nothing was sent to the client.
     BadResponse,
-    /// The client went away or sent a broken body.
+    /// The client went away mid-exchange.
     Client,
+    /// The client's chunked body was malformed (the server connection is
+    /// dropped with the partial request): 400 if no response began.
+    BadBody,
 }
 
 pub(crate) struct Done {
     server_reusable: bool,
     pub(crate) keep_client: bool,
+    /// The server answered 101 to the client's upgrade: the 101 head went
+    /// to the client, and both connections now carry the new protocol
+    /// ([`crate::tunnel::run`]).
+    pub(crate) upgraded: bool,
 }
 
 /// Counts a request's cost on its server while the exchange runs; its end
@@ -89,6 +96,7 @@ pub async fn exchange(
         keep_alive: head.keep_alive && !w.shutting_down(),
         head_request: head.method == crate::http::request::Method::Head,
         via: s.cfg.forwarding.via,
+        upgrade: head.upgrade,
     };
     let retryable = head.body == Body::None && head.method.idempotent();
     // Content rules (§6.3.6): servers outside the request's set are
@@ -206,6 +214,10 @@ pub async fn exchange(
             Ok(done) => {
                 if completed(w, bufs, head, &done) {
                     s.pool.borrow_mut().put(i, server.id, conn);
+                } else if done.upgraded {
+                    // The server stays counted (`_load`) while the tunnel
+                    // lasts: a long-lived connection, as lc/wlc see it.
+                    crate::tunnel::run(w, client, &conn, bufs).await;
                 }
                 return done.keep_client;
             }
@@ -250,6 +262,15 @@ pub(crate) async fn fail_client(w: &Rc<Worker>, client: &Rc<TcpStream>, f: Fail)
         Fail::Client => {
             w.stats.client_errors_total.fetch_add(1, Relaxed);
             w.stats.error(ErrorKind::ClientAbort);
+            let _ = client.shutdown(std::net::Shutdown::Both);
+        }
+        Fail::BadBody if !crate::obs::responding() => {
+            debug!("malformed chunked request body");
+            reply_error(w, client, 400).await
+        }
+        Fail::BadBody => {
+            // Part of a response is out: closing is the only signal left.
+            w.stats.error(ErrorKind::Parse);
             let _ = client.shutdown(std::net::Shutdown::Both);
         }
         Fail::BeforeResponse => {
@@ -343,6 +364,7 @@ pub(crate) async fn forward(
                 return Ok(Done {
                     server_reusable: false,
                     keep_client: false,
+                    upgraded: false,
                 });
             }
             _ => {}
@@ -416,7 +438,7 @@ async fn upload(
             loop {
                 let c = match sc.feed(&cb[start..], |_| {}) {
                     Ok(c) => c,
-                    Err(_) => return (Err(Fail::Client), cb),
+                    Err(_) => return (Err(Fail::BadBody), cb),
                 };
                 let (r, b) = write_range(server, cb, start, start + c, SERVER_SEND_TIMEOUT).await;
                 cb = b;
@@ -523,6 +545,23 @@ async fn download(
     });
     // Body bytes sent to the client and read from the server.
     let (mut body_out, mut body_in) = (0u64, 0u64);
+    if rh.upgrade {
+        // The 101 head, and whatever of the new protocol came with it.
+        let (r, b) = write_pair(client, std::mem::take(out), &sb[hl..], ct).await;
+        *out = b;
+        r.map_err(|_| Fail::Client)?;
+        let early = avail as u64;
+        note(|r| {
+            r.body_out += early;
+            r.server_in += early;
+        });
+        sb.clear();
+        return Ok(Done {
+            server_reusable: false,
+            keep_client: false,
+            upgraded: true,
+        });
+    }
     match rh.body {
         Body::None => {
             clean &= avail == 0;
@@ -604,6 +643,7 @@ async fn download(
     Ok(Done {
         server_reusable: clean,
         keep_client: !rh.close_client,
+        upgraded: false,
     })
 }
 

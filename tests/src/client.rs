@@ -340,6 +340,12 @@ impl RawClient {
         }
     }
 
+    /// Reads exactly `n` more bytes (raw, not a message: e.g. a tunnel's).
+    pub fn read_exact(&mut self, n: usize) -> Result<Vec<u8>, ReadError> {
+        self.ensure(n)?;
+        Ok(self.buf.drain(..n).collect())
+    }
+
     /// Reads whatever arrives until close or `within`; returns the bytes and
     /// whether the connection was closed.
     pub fn read_until_close(&mut self, within: Duration) -> (Vec<u8>, bool) {

@@ -59,6 +59,8 @@ pub struct Service {
     pub request_id: bool,
     pub x_forwarded_proto: bool,
     pub via: bool,
+    /// `[service.forwarding] upgrade` (protocol switches passed on).
+    pub upgrade: bool,
     pub max_idle_per_server: u32,
     pub idle_timeout_ms: u64,
     pub connect_timeout_ms: u64,
@@ -80,6 +82,8 @@ pub struct Config {
     pub max_header_bytes: usize,
     pub client_header_timeout_ms: u64,
     pub client_idle_timeout_ms: u64,
+    /// Extra `key = value` lines of the `[limits]` table.
+    pub limits_keys: String,
     /// `global.metrics` (Prometheus endpoint), if any.
     pub metrics: Option<SocketAddr>,
     pub services: Vec<Service>,
@@ -103,6 +107,7 @@ impl Config {
             max_header_bytes: 16384,
             client_header_timeout_ms: 10_000,
             client_idle_timeout_ms: 60_000,
+            limits_keys: String::new(),
             metrics: None,
             admin_socket: None,
             access_log: None,
@@ -114,6 +119,7 @@ impl Config {
                 request_id: false,
                 x_forwarded_proto: true,
                 via: true,
+                upgrade: true,
                 max_idle_per_server: 64,
                 idle_timeout_ms: 4000,
                 connect_timeout_ms: 2000,
@@ -148,8 +154,8 @@ impl Config {
         s.push('\n');
         let _ = writeln!(
             s,
-            "[limits]\nmax_header_bytes = {}\nclient_header_timeout_ms = {}\nclient_idle_timeout_ms = {}\n",
-            self.max_header_bytes, self.client_header_timeout_ms, self.client_idle_timeout_ms
+            "[limits]\nmax_header_bytes = {}\nclient_header_timeout_ms = {}\nclient_idle_timeout_ms = {}\n{}",
+            self.max_header_bytes, self.client_header_timeout_ms, self.client_idle_timeout_ms, self.limits_keys
         );
         for svc in &self.services {
             let listen = svc.listen.unwrap_or(fallback_listen);
@@ -160,8 +166,8 @@ impl Config {
             );
             let _ = writeln!(
                 s,
-                "[service.forwarding]\nx_forwarded_for = {}\nx_forwarded_proto = {}\nvia = {}\nrequest_id = {}\n",
-                svc.x_forwarded_for, svc.x_forwarded_proto, svc.via, svc.request_id
+                "[service.forwarding]\nx_forwarded_for = {}\nx_forwarded_proto = {}\nvia = {}\nrequest_id = {}\nupgrade = {}\n",
+                svc.x_forwarded_for, svc.x_forwarded_proto, svc.via, svc.request_id, svc.upgrade
             );
             let _ = writeln!(
                 s,

@@ -13,6 +13,7 @@
 //! | `/sink` | `"<len> <md5>\n"` of the request body (streamed, not stored), same headers |
 //! | `/status/N` | status N, empty body (`304` adds an `ETag`) |
 //! | `/slow/MS[/…]` | waits MS ms, then `slow MS\n` |
+//! | `/upgrade` with `Connection: upgrade` | `101`, `Upgrade:` as asked; then the connection greets (`<name> switched\n`), echoes every byte, and on the client's half-close answers `bye <n>\n` (n = bytes echoed) and closes |
 //! | anything else | `<name> <path>\n` |
 
 use std::convert::Infallible;
@@ -209,6 +210,7 @@ async fn accept_loop(
                     let _ = hyper::server::conn::http1::Builder::new()
                         .keep_alive(true)
                         .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .with_upgrades()
                         .await;
                     st.open.fetch_sub(1, Ordering::SeqCst);
                 });
@@ -225,8 +227,38 @@ fn full(b: impl Into<Bytes>) -> RespBody {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
+/// The `/upgrade` route's new protocol: a greeting, an echo of every byte,
+/// and after the peer's half-close a count of the bytes echoed.
+async fn echo_protocol(upgraded: hyper::upgrade::Upgraded, name: String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut io = hyper_util::rt::TokioIo::new(upgraded);
+    if io
+        .write_all(format!("{name} switched\n").as_bytes())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut echoed = 0usize;
+    loop {
+        match io.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => {
+                if io.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+                echoed += n;
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = io.write_all(format!("bye {echoed}\n").as_bytes()).await;
+    let _ = io.shutdown().await;
+}
+
 async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     st: Arc<State>,
     conn: usize,
 ) -> Result<Response<RespBody>, Infallible> {
@@ -325,6 +357,30 @@ async fn handle(
                 r.headers_mut()
                     .insert("etag", "\"e2e\"".parse().expect("etag"));
             }
+            r
+        }
+        ("upgrade", _)
+            if req
+                .headers()
+                .get("connection")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade")) =>
+        {
+            let proto = req.headers().get("upgrade").cloned();
+            let on = hyper::upgrade::on(&mut req);
+            let name = st.name.clone();
+            tokio::spawn(async move {
+                if let Ok(u) = on.await {
+                    echo_protocol(u, name).await;
+                }
+            });
+            let mut r = Response::new(full(Bytes::new()));
+            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            if let Some(p) = proto {
+                r.headers_mut().insert("upgrade", p);
+            }
+            r.headers_mut()
+                .insert("connection", "upgrade".parse().expect("token"));
             r
         }
         ("slow", Some(ms)) => {

@@ -142,3 +142,50 @@ fn default_limit_allows_a_10k_header_block() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(o.seen()[0].header("x-big").map(str::len), Some(10_000));
 }
+
+#[test]
+fn an_unsupported_expectation_gets_417() {
+    let (o, k) = switch(16384);
+    refused(
+        &k,
+        &o,
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\nContent-Length: 2\r\n\r\nhi",
+        417,
+    );
+}
+
+/// A chunked body found malformed while it streams: the head has gone to
+/// the server, the body breaks off. The client gets 400 (no response has
+/// begun) and the server's connection is dropped, so the server never sees
+/// a complete request (nor a next one after half a body).
+#[test]
+fn a_malformed_chunked_body_gets_400_and_drops_the_server_connection() {
+    let (o, k) = switch(16384);
+    for (i, body) in [
+        &b"5\r\nhelloXX0\r\n\r\n"[..],        // no CRLF after the data
+        b"zz\r\nhello\r\n0\r\n\r\n",          // not a size
+        b"ffffffffffffffffffff\r\nhello\r\n", // a size beyond 64 bits
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut c = k.client();
+        let mut req =
+            b"POST /sink HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        req.extend_from_slice(body);
+        c.send(&req);
+        let r = c
+            .read_response()
+            .unwrap_or_else(|e| panic!("case {i}: no 400: {e}"));
+        assert_eq!(r.status, 400, "case {i}: {r:?}");
+        c.expect_closed(Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("case {i}: {e}"));
+    }
+    // Every server connection that carried a broken body is closed, not
+    // pooled with half a request in it.
+    assert!(
+        wait_until(Duration::from_secs(5), || o.open_connections() == 0),
+        "{} server connections still open",
+        o.open_connections()
+    );
+}

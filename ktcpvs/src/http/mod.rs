@@ -38,6 +38,9 @@ pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
 pub(crate) struct ConnectionTokens {
     pub close: bool,
     pub keep_alive: bool,
+    /// The `upgrade` option: the sender proposes (request) or accepts (101)
+    /// a protocol switch named in `Upgrade` (RFC 9110 §7.8).
+    pub upgrade: bool,
     /// Other tokens name more hop-by-hop headers (at most 8 kept; more
     /// names than that make the request refused as abusive).
     pub names: [(u16, u16); 8],
@@ -54,6 +57,9 @@ impl ConnectionTokens {
                 self.close = true;
             } else if tok.eq_ignore_ascii_case(b"keep-alive") {
                 self.keep_alive = true;
+            } else if tok.eq_ignore_ascii_case(b"upgrade") {
+                // A hop-by-hop header already; no name slot needed.
+                self.upgrade = true;
             } else if self.n_names < self.names.len() {
                 let s = base + start;
                 self.names[self.n_names] = (s as u16, (s + tok.len()) as u16);

@@ -69,6 +69,11 @@ pub struct RequestHead {
     /// the buffer, for content rules.
     pub method_name: (usize, usize),
     pub host: (usize, usize),
+    /// The client proposes a protocol switch (`Connection: upgrade` and an
+    /// `Upgrade` header, HTTP/1.1, no body) and the service passes them on:
+    /// the forwarded head carries both, and a 101 turns the connection into
+    /// a tunnel.
+    pub upgrade: bool,
 }
 
 impl RequestHead {
@@ -90,6 +95,9 @@ pub enum RequestError {
     TooLarge,
     #[error("not implemented: {0}")]
     NotImplemented(&'static str),
+    /// An `Expect` other than 100-continue (RFC 9110 §10.1.1).
+    #[error("expectation failed")]
+    ExpectationFailed,
 }
 
 impl RequestError {
@@ -98,6 +106,7 @@ impl RequestError {
             RequestError::Bad(_) => 400,
             RequestError::TooLarge => 431,
             RequestError::NotImplemented(_) => 501,
+            RequestError::ExpectationFailed => 417,
         }
     }
 }
@@ -146,6 +155,7 @@ pub fn parse(
     let mut has_host = false;
     let mut host = (0, 0);
     let mut expect_continue = false;
+    let mut upgrade_to: Option<&[u8]> = None;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let v = h.value;
@@ -171,11 +181,18 @@ pub fn parse(
             let v = trim(v);
             let at = offset_in(buf, v);
             host = (at, at + v.len());
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            // Several fields: not a switch to pass on (the first is kept
+            // only to be dropped with the rest).
+            upgrade_to = match upgrade_to {
+                None if !trim(v).is_empty() => Some(trim(v)),
+                _ => Some(b""),
+            };
         } else if name.eq_ignore_ascii_case(b"expect") {
             if trim(v).eq_ignore_ascii_case(b"100-continue") {
                 expect_continue = true;
             } else {
-                return Err(RequestError::Bad("unsupported expectation"));
+                return Err(RequestError::ExpectationFailed);
             }
         }
     }
@@ -213,6 +230,18 @@ pub fn parse(
         (None, Some(0)) | (None, None) => Body::None,
         (None, Some(n)) => Body::Length(n),
     };
+    // RFC 9110 §7.8: an Upgrade in an HTTP/1.0 request is ignored; one
+    // with a body is not passed on (the body would have to be relayed
+    // before the switch, and no common protocol needs that); nor is h2c,
+    // whose HTTP2-Settings field belongs to the client's own connection
+    // (RFC 9113 §3.1 retired that upgrade).
+    let upgrade = ctx.fw.upgrade
+        && conn.upgrade
+        && !http10
+        && body == Body::None
+        && upgrade_to.is_some_and(|u| {
+            !u.is_empty() && !split_tokens(u).any(|(_, t)| t.eq_ignore_ascii_case(b"h2c"))
+        });
     let keep_alive = if http10 {
         conn.keep_alive && !conn.close
     } else {
@@ -266,6 +295,10 @@ pub fn parse(
     if !has_host {
         put_header(out, b"Host", ctx.default_host);
     }
+    if let (true, Some(to)) = (upgrade, upgrade_to) {
+        put_header(out, b"Upgrade", to);
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+    }
     if ctx.fw.x_forwarded_for && !xff_seen {
         put_header(out, b"X-Forwarded-For", ctx.peer_ip);
     }
@@ -295,6 +328,7 @@ pub fn parse(
             (at, at + method_s.len())
         },
         host,
+        upgrade,
     }))
 }
 
@@ -361,6 +395,7 @@ mod tests {
                 x_forwarded_proto: true,
                 via: true,
                 request_id: false,
+                upgrade: true,
             },
             peer_ip: b"10.0.0.9",
             default_host: b"127.0.0.1:8080",
@@ -384,6 +419,36 @@ mod tests {
             out,
             "GET /a/b.html?x=1 HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4, 10.0.0.9\r\nVia: 1.1 edge, 1.1 ktcpvs\r\nAccept: */*\r\nX-Forwarded-Proto: http\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn upgrade_is_passed_on_only_when_proposed_properly() {
+        let ws = b"GET /chat HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n\r\n";
+        let (h, out) = parse_ok(ws);
+        assert!(h.upgrade);
+        assert!(
+            out.contains("Upgrade: websocket\r\nConnection: upgrade\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("Sec-WebSocket-Key: k\r\n"));
+        for (raw, why) in [
+            (&b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n"[..], "no Connection: upgrade"),
+            (b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\n\r\n", "no Upgrade"),
+            (b"GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n", "HTTP/1.0"),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nab", "a body"),
+            (b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AA\r\n\r\n", "h2c"),
+            (b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: a\r\nUpgrade: b\r\n\r\n", "two Upgrade fields"),
+        ] {
+            let (h, out) = parse_ok(raw);
+            assert!(!h.upgrade, "{why}");
+            assert!(!out.to_ascii_lowercase().contains("upgrade"), "{why}: {out}");
+            assert!(!out.contains("HTTP2-Settings"), "{why}: {out}");
+        }
+        let mut c = ctx();
+        c.fw.upgrade = false;
+        let mut out = Vec::new();
+        let h = parse(ws, 100, &c, &mut out).unwrap().unwrap();
+        assert!(!h.upgrade && !String::from_utf8(out).unwrap().contains("pgrade"));
     }
 
     #[test]
@@ -431,6 +496,7 @@ mod tests {
             (b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400),
             (b"GARBAGE\r\n\r\n", 400),
             (b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", 501),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\nContent-Length: 0\r\n\r\n", 417),
         ];
         for (raw, status) in bad {
             let e = parse(raw, 100, &ctx(), &mut out).unwrap_err();

@@ -14,6 +14,8 @@ pub struct ClientView {
     pub keep_alive: bool,
     pub head_request: bool,
     pub via: bool,
+    /// The forwarded request proposed a protocol switch: a 101 is accepted.
+    pub upgrade: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +31,9 @@ pub struct ResponseHead {
     pub dechunk: bool,
     /// The client connection must be closed after this response.
     pub close_client: bool,
+    /// 101 Switching Protocols to an upgrade the client proposed: after this
+    /// head both connections carry the new protocol.
+    pub upgrade: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -59,15 +64,19 @@ pub fn parse(
     };
     let status = res.code.unwrap_or(0);
     let server_http10 = res.version == Some(0);
-    if status == 101 {
+    // A 101 to a request that proposed no switch cannot be relayed: the
+    // client would not know that the connection changed protocol.
+    let upgrade = status == 101;
+    if upgrade && (!client.upgrade || client.http10) {
         return Err(ResponseError::Upgrade);
     }
-    let interim = (100..200).contains(&status);
+    let interim = (100..200).contains(&status) && !upgrade;
 
     let mut conn = ConnectionTokens::default();
     let mut cl: Option<u64> = None;
     let mut cl_bad = false;
     let mut te: Option<&[u8]> = None;
+    let mut upgrade_to: Option<&[u8]> = None;
     for h in res.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -79,9 +88,15 @@ pub fn parse(
             te = Some(h.value);
         } else if name.eq_ignore_ascii_case(b"connection") {
             conn.add(h.value, offset_in(buf, h.value));
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade_to = Some(h.value);
         }
     }
-    let no_body = interim || status == 204 || status == 304 || client.head_request;
+    if upgrade && upgrade_to.is_none_or(|u| u.is_empty()) {
+        // RFC 9110 §15.2.2: a 101 must say what it switches to.
+        return Err(ResponseError::Malformed);
+    }
+    let no_body = upgrade || interim || status == 204 || status == 304 || client.head_request;
     let body = if no_body {
         Body::None
     } else if let Some(v) = te {
@@ -108,9 +123,11 @@ pub fn parse(
     };
     // A response with both framings is suspect: use TE, then drop the
     // connection (RFC 9112 §6.3 item 3).
-    let server_reusable = server_keeps && body != Body::Close && !(te.is_some() && cl.is_some());
+    let server_reusable =
+        server_keeps && !upgrade && body != Body::Close && !(te.is_some() && cl.is_some());
     let dechunk = body == Body::Chunked && client.http10;
-    let close_client = !interim && (!client.keep_alive || body == Body::Close || dechunk);
+    let close_client =
+        upgrade || !interim && (!client.keep_alive || body == Body::Close || dechunk);
 
     out.clear();
     // Status line as the server wrote it.
@@ -129,8 +146,14 @@ pub fn parse(
         }
         put_header(out, name, h.value);
     }
+    if let (true, Some(to)) = (upgrade, upgrade_to) {
+        put_header(out, b"Upgrade", to);
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+    }
     if !interim {
-        if close_client {
+        if upgrade {
+            // The connection ends with the tunnel, not after this head.
+        } else if close_client {
             out.extend_from_slice(b"Connection: close\r\n");
         } else if client.http10 {
             out.extend_from_slice(b"Connection: keep-alive\r\n");
@@ -152,6 +175,7 @@ pub fn parse(
         server_reusable,
         dechunk,
         close_client,
+        upgrade,
     }))
 }
 
@@ -164,6 +188,7 @@ mod tests {
         keep_alive: true,
         head_request: false,
         via: false,
+        upgrade: false,
     };
 
     fn p(raw: &[u8], c: ClientView) -> (ResponseHead, String) {
@@ -233,6 +258,46 @@ mod tests {
         let (h, out) = p(b"HTTP/1.1 100 Continue\r\n\r\n", V11);
         assert!(h.interim && !h.close_client);
         assert_eq!(out, "HTTP/1.1 100 Continue\r\n\r\n");
+    }
+
+    #[test]
+    fn switching_protocols_only_when_proposed() {
+        let c = ClientView {
+            upgrade: true,
+            via: true,
+            ..V11
+        };
+        let raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Hop\r\nX-Hop: 1\r\nSec-WebSocket-Accept: a\r\n\r\n\x81\x02hi";
+        let (h, out) = p(raw, c);
+        assert!(h.upgrade && !h.interim && h.close_client && !h.server_reusable);
+        assert_eq!(h.body, Body::None);
+        assert_eq!(h.head_len, raw.len() - 4);
+        assert_eq!(
+            out,
+            "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\nVia: 1.1 ktcpvs\r\n\r\n"
+        );
+        // Declined: an ordinary response, the connection stays.
+        let (h, _) = p(
+            b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n",
+            c,
+        );
+        assert!(!h.upgrade && !h.close_client && h.server_reusable);
+        let mut out = Vec::new();
+        assert_eq!(
+            parse(
+                b"HTTP/1.1 101 Switching\r\nConnection: upgrade\r\n\r\n",
+                c,
+                &mut out
+            ),
+            Err(ResponseError::Malformed),
+            "a 101 without Upgrade"
+        );
+        let c10 = ClientView { http10: true, ..c };
+        assert_eq!(
+            parse(raw, c10, &mut out),
+            Err(ResponseError::Upgrade),
+            "a 101 to an HTTP/1.0 client"
+        );
     }
 
     #[test]
