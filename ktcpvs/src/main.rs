@@ -17,6 +17,10 @@ USAGE:
     ktcpvs quickstart [--listen ADDR] [--workers N]
                                 run on ADDR (default 127.0.0.1:8080) in front of three
                                 built-in demo origins on the next three ports
+    ktcpvs origins [--listen ADDR] [--count N]
+                                only the demo origins: N (default 3) on ADDR (default
+                                127.0.0.1:8081) and the next ports — the real servers
+                                configs/ktcpvs.toml names, for trying that file
     ktcpvs --help | --version
 
 The reference configuration, every field commented, is configs/ktcpvs.toml.
@@ -29,6 +33,7 @@ enum Cmd {
     Run(PathBuf),
     Check(PathBuf),
     Quickstart { listen: SocketAddr, workers: usize },
+    Origins { listen: SocketAddr, count: usize },
 }
 
 fn parse_args() -> anyhow::Result<Option<Cmd>> {
@@ -68,6 +73,32 @@ fn parse_args() -> anyhow::Result<Option<Cmd>> {
                 }
             }
             Ok(Some(Cmd::Quickstart { listen, workers }))
+        }
+        Some("origins") => {
+            let mut listen: SocketAddr = "127.0.0.1:8081".parse().expect("static address");
+            let mut count = 3;
+            while let Some(a) = it.next() {
+                match a.as_str() {
+                    "--listen" => {
+                        let v = value(&mut it, "--listen")?;
+                        listen = v
+                            .parse()
+                            .with_context(|| format!("--listen: not an address ip:port: {v:?}"))?;
+                    }
+                    "--count" => {
+                        let v = value(&mut it, "--count")?;
+                        count = match v.parse() {
+                            Ok(n @ 1..=64) => n,
+                            _ => bail!("--count: a number from 1 to 64, not {v:?}"),
+                        };
+                    }
+                    other => bail!("unknown origins option {other:?}\n\n{USAGE}"),
+                }
+            }
+            if listen.port() != 0 && usize::from(listen.port()) + count > 65536 {
+                bail!("--listen port too high for {count} origins");
+            }
+            Ok(Some(Cmd::Origins { listen, count }))
         }
         Some(other) => bail!("unknown argument {other:?}\n\n{USAGE}"),
     }
@@ -182,6 +213,25 @@ fn real_main() -> anyhow::Result<()> {
                 tracing::info!(origin = %o, "demo origin-{} up", k + 1);
             }
             ktcpvs::quickstart::config(listen, workers, &origins)?
+        }
+        Cmd::Origins { listen, count } => {
+            init_logs("info");
+            let set = block_signals()?;
+            let origins = ktcpvs::quickstart::spawn_origins(listen.ip(), listen.port(), count)
+                .context("starting the demo origins")?;
+            for (k, o) in origins.iter().enumerate() {
+                tracing::info!("demo origin-{} on http://{o}/", k + 1);
+            }
+            // Until SIGINT/SIGTERM; SIGHUP has nothing to reload here.
+            loop {
+                let mut sig = 0;
+                // SAFETY: waits on the set built by block_signals.
+                if unsafe { libc::sigwait(&set, &mut sig) } == 0 && sig != libc::SIGHUP {
+                    break;
+                }
+            }
+            tracing::info!("stopped");
+            return Ok(());
         }
     };
     let (tx, rx) = watch::channel(false);

@@ -97,6 +97,13 @@ impl Ktcpvs {
         panic!("{last}");
     }
 
+    /// Runs `ktcpvs ARGS…` and waits until `listen` accepts (e.g. a
+    /// configuration file of the test's own, or `ktcpvs origins`).
+    pub fn run(args: &[&str], listen: SocketAddr) -> Result<Ktcpvs, String> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Self::spawn(&args, listen, scratch_dir(), String::new())
+    }
+
     /// Runs `ktcpvs quickstart --listen ADDR` (origins on the next three ports).
     /// Retried on a new port run if a port turned out to be taken.
     pub fn quickstart() -> Ktcpvs {
