@@ -7,6 +7,9 @@ pub mod chunked;
 pub mod request;
 pub mod response;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 /// How a message body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Body {

@@ -130,9 +130,17 @@ pub fn parse(
         upgrade || !interim && (!client.keep_alive || body == Body::Close || dechunk);
 
     out.clear();
-    // Status line as the server wrote it.
-    let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(0) + 1;
-    out.extend_from_slice(&buf[..line_end]);
+    // Status line as the server wrote it (httparse skips empty lines
+    // before it; so does the copy).
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(0);
+    let line_end = buf[start..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(buf.len(), |p| start + p + 1);
+    out.extend_from_slice(&buf[start..line_end]);
     for h in res.headers.iter() {
         let name = h.name.as_bytes();
         if is_hop_by_hop(name) || conn.names_header(buf, name) {
@@ -206,6 +214,14 @@ mod tests {
             out,
             "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn empty_lines_before_the_status_line_are_not_relayed() {
+        // A server that ended its previous response with a stray CRLF.
+        let (h, out) = p(b"\r\nHTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n", V11);
+        assert_eq!(h.status, 204);
+        assert_eq!(out, "HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n");
     }
 
     #[test]
