@@ -128,10 +128,32 @@ async fn client_loop(
             }
             let cb = std::mem::take(&mut bufs.cb);
             let (res, cb) = if idle {
-                tokio::select! {
+                // An idle keep-alive connection waits with one small
+                // buffer; its three large ones go back to the worker's pool
+                // until a request arrives (with many idle clients they
+                // would be most of the memory: bench/idle_memory.py).
+                w.give_buf(cb);
+                w.give_buf(std::mem::take(&mut bufs.sb));
+                w.give_buf(std::mem::take(&mut bufs.out));
+                let small = w.take_small();
+                let r = tokio::select! {
                     biased;
-                    _ = sd.changed() => return,
-                    r = read_append(client, cb, 4096, Some(limit)) => r,
+                    _ = sd.changed() => None,
+                    r = read_append(client, small, 0, Some(limit)) => Some(r),
+                };
+                bufs.sb = w.take_buf();
+                bufs.out = w.take_buf();
+                let mut cb = w.take_buf();
+                match r {
+                    Some((res, small)) => {
+                        cb.extend_from_slice(&small);
+                        w.give_small(small);
+                        (res, cb)
+                    }
+                    None => {
+                        bufs.cb = cb;
+                        return;
+                    }
                 }
             } else {
                 read_append(client, cb, 4096, Some(limit)).await

@@ -128,6 +128,8 @@ pub struct Worker {
     /// Requests seen by this worker (the second half of request ids).
     pub seq: Cell<u64>,
     bufs: RefCell<Vec<Vec<u8>>>,
+    /// Small buffers for the reads of idle keep-alive connections.
+    smalls: RefCell<Vec<Vec<u8>>>,
     pipes: RefCell<Vec<Rc<Pipe>>>,
 }
 
@@ -135,6 +137,12 @@ pub struct Worker {
 pub const BUF_SIZE: usize = 32 * 1024;
 /// Buffers kept per worker for reuse.
 const MAX_POOLED_BUFS: usize = 4096;
+/// Capacity of the buffer an idle keep-alive connection waits with: a
+/// request that arrives is taken into a pooled `BUF_SIZE` buffer, so an
+/// idle connection holds one page, not three large buffers.
+pub const SMALL_BUF_SIZE: usize = 4096;
+/// Small buffers kept per worker for reuse.
+const MAX_POOLED_SMALL: usize = 16 * 1024;
 /// Pipe size asked for with F_SETPIPE_SZ.
 const PIPE_SIZE: u32 = 256 * 1024;
 
@@ -230,6 +238,24 @@ impl Worker {
         }
     }
 
+    /// An empty small buffer ([`SMALL_BUF_SIZE`]).
+    pub fn take_small(&self) -> Vec<u8> {
+        self.smalls
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(SMALL_BUF_SIZE))
+    }
+
+    pub fn give_small(&self, mut b: Vec<u8>) {
+        if b.capacity() == SMALL_BUF_SIZE {
+            let mut smalls = self.smalls.borrow_mut();
+            if smalls.len() < MAX_POOLED_SMALL {
+                b.clear();
+                smalls.push(b);
+            }
+        }
+    }
+
     /// An empty pipe for splice(2).
     pub fn take_pipe(&self) -> Option<Rc<Pipe>> {
         if let Some(p) = self.pipes.borrow_mut().pop() {
@@ -294,6 +320,7 @@ pub fn run_worker(
             seq: Cell::new(0),
             active: Cell::new(0),
             bufs: RefCell::new(Vec::new()),
+            smalls: RefCell::new(Vec::new()),
             pipes: RefCell::new(Vec::new()),
         });
         // Subscribed before the first refresh: no change can fall between.
