@@ -15,7 +15,7 @@ use std::cell::Cell;
 use std::io;
 use std::net::Shutdown;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use tokio_uring::net::TcpStream;
@@ -42,6 +42,23 @@ enum End {
     WriteError,
 }
 
+/// Counts an open tunnel for as long as it lives (also if its task is
+/// dropped).
+struct Active<'a>(&'a AtomicU64);
+
+impl<'a> Active<'a> {
+    fn new(g: &'a AtomicU64) -> Self {
+        g.fetch_add(1, Relaxed);
+        Active(g)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
 /// Relays between `client` and `server` until the tunnel ends. `bufs.cb`
 /// holds client bytes that followed the upgrade request (already the new
 /// protocol); they go to the server first. Both sockets are shut down on
@@ -53,7 +70,7 @@ pub(crate) async fn run(
     bufs: &mut Bufs,
 ) {
     w.stats.tunnels_total.fetch_add(1, Relaxed);
-    w.stats.tunnels_active.fetch_add(1, Relaxed);
+    let _active = Active::new(&w.stats.tunnels_active);
     let idle = w.cfg.limits.tunnel_idle_timeout;
     let last = Cell::new(Instant::now());
     let (mut up_bytes, mut down_bytes) = (0u64, 0u64);
@@ -91,7 +108,6 @@ pub(crate) async fn run(
         r.body_out += down_bytes;
         r.server_in += down_bytes;
     });
-    w.stats.tunnels_active.fetch_sub(1, Relaxed);
     // A poll still pending holds a reference to its socket: shut both down
     // now so the peers see the end at once.
     let _ = server.shutdown(Shutdown::Both);
