@@ -44,6 +44,10 @@ fn parse_args() -> anyhow::Result<Option<Cmd>> {
             .cloned()
             .with_context(|| format!("{flag} needs a value"))
     };
+    let address = |v: String| -> anyhow::Result<SocketAddr> {
+        v.parse()
+            .with_context(|| format!("--listen: not an address ip:port: {v:?}"))
+    };
     match it.next().map(String::as_str) {
         None | Some("-h" | "--help" | "help") => Ok(None),
         Some("-V" | "--version") => {
@@ -57,12 +61,7 @@ fn parse_args() -> anyhow::Result<Option<Cmd>> {
             let mut workers = 0;
             while let Some(a) = it.next() {
                 match a.as_str() {
-                    "--listen" => {
-                        let v = value(&mut it, "--listen")?;
-                        listen = v
-                            .parse()
-                            .with_context(|| format!("--listen: not an address ip:port: {v:?}"))?;
-                    }
+                    "--listen" => listen = address(value(&mut it, "--listen")?)?,
                     "--workers" => {
                         let v = value(&mut it, "--workers")?;
                         workers = v
@@ -79,12 +78,7 @@ fn parse_args() -> anyhow::Result<Option<Cmd>> {
             let mut count = 3;
             while let Some(a) = it.next() {
                 match a.as_str() {
-                    "--listen" => {
-                        let v = value(&mut it, "--listen")?;
-                        listen = v
-                            .parse()
-                            .with_context(|| format!("--listen: not an address ip:port: {v:?}"))?;
-                    }
+                    "--listen" => listen = address(value(&mut it, "--listen")?)?,
                     "--count" => {
                         let v = value(&mut it, "--count")?;
                         count = match v.parse() {

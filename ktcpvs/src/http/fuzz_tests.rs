@@ -12,10 +12,9 @@
 //! - the chunked scanner gives the same answer however its input is split.
 
 use super::chunked::ChunkedScanner;
-use super::request::{self, ForwardCtx};
+use super::request::{self, tests::ctx};
 use super::response::{self, ClientView};
 use super::Body;
-use crate::config::Forwarding;
 
 /// Iterations per test: `KTCPVS_FUZZ_ITERS` (default `default`), and
 /// `KTCPVS_FUZZ_SEED` varies the inputs, for longer runs by hand.
@@ -88,20 +87,6 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
         }
     }
     m
-}
-
-fn ctx() -> ForwardCtx<'static> {
-    ForwardCtx {
-        fw: Forwarding {
-            x_forwarded_for: true,
-            x_forwarded_proto: true,
-            via: true,
-            request_id: false,
-            upgrade: true,
-        },
-        peer_ip: b"10.1.2.3",
-        default_host: b"default.example",
-    }
 }
 
 /// Header names present in a head (lower-case), by a plain line scan.

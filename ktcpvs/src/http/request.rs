@@ -385,10 +385,11 @@ fn target_of(buf: &[u8], uri: &[u8]) -> Result<((usize, usize), bool), RequestEr
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn ctx() -> ForwardCtx<'static> {
+    /// Every forwarding option on (shared with `http::fuzz_tests`).
+    pub(in crate::http) fn ctx() -> ForwardCtx<'static> {
         ForwardCtx {
             fw: Forwarding {
                 x_forwarded_for: true,
