@@ -218,3 +218,18 @@ fn check_accepts_an_available_congestion_control() {
     let out = run_check(&ok);
     assert!(out.success(), "{out:?}");
 }
+
+#[test]
+fn check_refuses_bad_upgrade_settings_naming_the_field() {
+    let bad = valid().replacen("via = false", "via = false\nupgrade = \"yes\"", 1);
+    refused_naming(&bad, "upgrade");
+    let bad = valid().replacen(
+        "client_idle_timeout_ms = 60000",
+        "client_idle_timeout_ms = 60000\ntunnel_idle_timeout_ms = 0",
+        1,
+    );
+    refused_naming(&bad, "limits.tunnel_idle_timeout_ms");
+    let ok = valid().replacen("via = false", "via = false\nupgrade = false", 1);
+    let out = run_check(&ok);
+    assert!(out.success(), "{out:?}");
+}
