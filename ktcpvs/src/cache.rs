@@ -177,8 +177,11 @@ pub fn classify(buf: &[u8], head: &RequestHead, bypass: &[Vec<u8>]) -> Class {
             authority: None,
         };
     }
+    // A protocol switch (WebSocket) is never a cache's business: it goes
+    // to the origin, which can answer 101.
     let mut cacheable = matches!(head.method, Method::Get | Method::Head)
         && !head.dynamic
+        && !head.upgrade
         && head.body == Body::None;
     let path = buf.get(head.target.0..head.target.1).unwrap_or(&[]);
     if bypass.iter().any(|p| contains(path, p)) {
@@ -500,7 +503,7 @@ mod tests {
                 x_forwarded_proto: false,
                 via: false,
                 request_id: false,
-                upgrade: false,
+                upgrade: true,
             },
             peer_ip: b"1.2.3.4",
             default_host: b"x",
@@ -525,6 +528,17 @@ mod tests {
         ));
         assert!(cacheable(
             "GET http://h/a HTTP/1.1\r\nHost: h\r\nPragma: x\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn a_websocket_upgrade_goes_to_the_origin() {
+        assert!(!cacheable(
+            "GET /chat HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        ));
+        // An Upgrade that is not proposed (no Connection: upgrade) is ignored.
+        assert!(cacheable(
+            "GET /chat HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n"
         ));
     }
 

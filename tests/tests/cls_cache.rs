@@ -353,6 +353,27 @@ fn origin_connections_are_pooled() {
     assert_eq!(origin.requests(), 21);
 }
 
+/// A WebSocket handshake is not for a cache: it goes to the origin, whose
+/// 101 turns the client connection into a tunnel to it.
+#[test]
+fn a_websocket_upgrade_bypasses_the_caches_and_tunnels_to_the_origin() {
+    let caches = caches();
+    let origin = Origin::start("origin");
+    let k = one_worker_cache_front(&caches, origin.addr());
+    let mut c = k.client();
+    c.send(b"GET /upgrade HTTP/1.1\r\nHost: origin.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    let r = c.read_response().expect("the 101");
+    assert_eq!(r.status, 101, "{r:?}");
+    let hello = b"origin switched\n";
+    assert_eq!(c.read_exact(hello.len()).expect("greeting"), hello);
+    c.send(b"through the cache front");
+    assert_eq!(c.read_exact(23).expect("echo"), b"through the cache front");
+    assert!(
+        caches.iter().all(|c| c.requests() == 0),
+        "a cache was asked"
+    );
+}
+
 #[test]
 fn origin_closing_pooled_connections_fails_no_request() {
     // The origin answers keep-alive but closes each connection right
