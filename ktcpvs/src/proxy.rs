@@ -4,6 +4,7 @@
 //! large, copied when small — and give the server connection back to the
 //! pool when the exchange left it clean.
 
+use std::cell::Cell;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -337,13 +338,33 @@ pub(crate) async fn forward(
     if head.body == Body::None {
         // The head stays in `bufs.cb` until the exchange is over: a retry
         // needs its target again.
-        return download(w, s, client, server, &mut bufs.sb, &mut bufs.out, view).await;
+        return download(
+            w,
+            s,
+            client,
+            server,
+            &mut bufs.sb,
+            &mut bufs.out,
+            view,
+            None,
+        )
+        .await;
     }
     // A body: upload and download run together, so a server may answer
     // early (or send 100 Continue) while the client still sends.
     let cb = std::mem::take(&mut bufs.cb);
-    let up = upload(w, client, server, cb, head.head_len, head.body);
-    let down = download(w, s, client, server, &mut bufs.sb, &mut bufs.out, view);
+    let owes = Cell::new(true);
+    let up = upload(w, client, server, cb, head.head_len, head.body, &owes);
+    let down = download(
+        w,
+        s,
+        client,
+        server,
+        &mut bufs.sb,
+        &mut bufs.out,
+        view,
+        Some(&owes),
+    );
     tokio::pin!(up, down);
     let mut up_res: Option<(Result<(), Fail>, Vec<u8>)> = None;
     let mut down_res: Option<Result<Done, Fail>> = None;
@@ -353,14 +374,23 @@ pub(crate) async fn forward(
             r = &mut down, if down_res.is_none() => down_res = Some(r),
         }
         match (&up_res, &down_res) {
-            (Some((Err(f), _)), _) => return Err(*f),
             (_, Some(Err(f))) => return Err(*f),
-            (Some(_), Some(_)) => break,
-            (None, Some(Ok(_))) => {
+            // The client failed: nothing more to relay.
+            (Some((Err(f), _)), _) if *f != Fail::Server => return Err(*f),
+            (Some((Ok(()), _)), Some(Ok(_))) => break,
+            // The server stopped taking the body (it may have answered and
+            // closed: a 413, a redirect): its answer still goes to the client.
+            (Some((Err(_), _)), None) => {}
+            (_, Some(Ok(_))) => {
                 // Answered before the body was all sent: the rest of the body
                 // cannot be told from a next request without reading it all,
-                // so both connections end here.
-                let _ = client.shutdown(std::net::Shutdown::Read);
+                // so both connections end here (the response said
+                // `Connection: close` if the client still owed body bytes
+                // when it began). What the client still sends is read and
+                // dropped for a moment, so that closing with unread input
+                // does not reset the connection before the client has read
+                // the response.
+                crate::conn::lingering_close(client).await;
                 return Ok(Done {
                     server_reusable: false,
                     keep_client: false,
@@ -378,7 +408,8 @@ pub(crate) async fn forward(
 }
 
 /// Sends the request body to the server; returns the client buffer with
-/// the bytes that follow the body (the next pipelined requests).
+/// the bytes that follow the body (the next pipelined requests). `owes`
+/// is cleared once the last body byte has been read from the client.
 async fn upload(
     w: &Rc<Worker>,
     client: &Rc<TcpStream>,
@@ -386,11 +417,15 @@ async fn upload(
     mut cb: Vec<u8>,
     head_len: usize,
     body: Body,
+    owes: &Cell<bool>,
 ) -> (Result<(), Fail>, Vec<u8>) {
     let timeout = Some(w.cfg.limits.client_body_timeout);
     match body {
         Body::Length(n) => {
             let avail = ((cb.len() - head_len) as u64).min(n) as usize;
+            if avail as u64 == n {
+                owes.set(false);
+            }
             let (r, b) =
                 write_range(server, cb, head_len, head_len + avail, SERVER_SEND_TIMEOUT).await;
             cb = b;
@@ -411,6 +446,9 @@ async fn upload(
             if rem >= w.cfg.splice_threshold {
                 let r =
                     splice_exact(w, client, server, rem, timeout, Fail::Client, Fail::Server).await;
+                if r.is_ok() {
+                    owes.set(false);
+                }
                 return (body_done(r), cb);
             }
             while rem > 0 {
@@ -421,6 +459,9 @@ async fn upload(
                     Ok(_) => {}
                 }
                 let k = (cb.len() as u64).min(rem) as usize;
+                if k as u64 == rem {
+                    owes.set(false);
+                }
                 let (r, b) = write_range(server, cb, 0, k, SERVER_SEND_TIMEOUT).await;
                 cb = b;
                 if r.is_err() {
@@ -440,6 +481,9 @@ async fn upload(
                     Ok(c) => c,
                     Err(_) => return (Err(Fail::BadBody), cb),
                 };
+                if sc.is_done() {
+                    owes.set(false);
+                }
                 let (r, b) = write_range(server, cb, start, start + c, SERVER_SEND_TIMEOUT).await;
                 cb = b;
                 if r.is_err() {
@@ -463,6 +507,7 @@ async fn upload(
             }
         }
         Body::None | Body::Close => {
+            owes.set(false);
             cb.drain(..head_len);
             (Ok(()), cb)
         }
@@ -471,6 +516,9 @@ async fn upload(
 
 /// Reads the response head (forwarding interim 1xx heads), then relays the
 /// body as its framing says.
+// Two sockets, two buffers, what the client asked for and the upload's
+// progress: a struct around them would only rename the parameters.
+#[allow(clippy::too_many_arguments)]
 async fn download(
     w: &Rc<Worker>,
     s: &ServiceRt,
@@ -479,6 +527,7 @@ async fn download(
     sb: &mut Vec<u8>,
     out: &mut Vec<u8>,
     view: ClientView,
+    owes: Option<&Cell<bool>>,
 ) -> Result<Done, Fail> {
     let rto = Some(s.cfg.pool.response_timeout);
     // A client that stops reading is given up after its idle timeout.
@@ -487,6 +536,13 @@ async fn download(
     let mut started = false;
     let rh = loop {
         if !sb.is_empty() {
+            // A response that begins while the client still owes request
+            // body bytes ends the connection (see `forward`): say so in it.
+            // (Checked per head: after a 100 Continue the body may come.)
+            let view = ClientView {
+                keep_alive: view.keep_alive && !owes.is_some_and(Cell::get),
+                ..view
+            };
             match response::parse(sb, view, out) {
                 Ok(Some(rh)) if rh.interim => {
                     started = true;

@@ -287,3 +287,35 @@ fn spliced_body_is_not_held_back_while_the_sender_pauses() {
     );
     origin.join().unwrap();
 }
+
+/// A server that answers before the request body is all there (here a
+/// 401 to a 5 MB upload of which 100 KB were sent): the client gets the
+/// whole answer, told `Connection: close` (the rest of the body cannot be
+/// told from a next request), and then an orderly close while it is
+/// still sending — not a reset that could destroy the unread answer.
+#[test]
+fn an_answer_before_the_body_ends_says_close_and_is_delivered_whole() {
+    let (o, k) = switch();
+    for round in 0..3 {
+        let mut c = k.client();
+        let mut req =
+            b"POST /status/401 HTTP/1.1\r\nHost: h\r\nContent-Length: 5000000\r\n\r\n".to_vec();
+        req.extend_from_slice(&vec![b'x'; 100_000]);
+        c.send(&req);
+        let r = c
+            .read_response()
+            .unwrap_or_else(|e| panic!("round {round}: no answer: {e}"));
+        assert_eq!(r.status, 401, "round {round}: {r:?}");
+        assert!(
+            r.header_has_token("connection", "close"),
+            "round {round}: the switch closes after this answer but did not say so: {r:?}"
+        );
+        // The client goes on sending a little; the switch reads and drops
+        // it, then closes in order.
+        let _ = c.try_send(&vec![b'y'; 200_000]);
+        let (rest, closed) = c.read_until_close(Duration::from_secs(5));
+        assert!(rest.is_empty(), "round {round}: {} more bytes", rest.len());
+        assert!(closed, "round {round}: still open");
+    }
+    assert_eq!(o.requests_to("/status/401"), 3);
+}
