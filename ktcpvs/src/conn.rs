@@ -136,25 +136,18 @@ async fn client_loop(
                 w.give_buf(std::mem::take(&mut bufs.sb));
                 w.give_buf(std::mem::take(&mut bufs.out));
                 let small = w.take_small();
-                let r = tokio::select! {
+                let (res, small) = tokio::select! {
                     biased;
-                    _ = sd.changed() => None,
-                    r = read_append(client, small, 0, Some(limit)) => Some(r),
+                    // The emptied buffers are dropped by `serve_client`.
+                    _ = sd.changed() => return,
+                    r = read_append(client, small, 0, Some(limit)) => r,
                 };
                 bufs.sb = w.take_buf();
                 bufs.out = w.take_buf();
                 let mut cb = w.take_buf();
-                match r {
-                    Some((res, small)) => {
-                        cb.extend_from_slice(&small);
-                        w.give_small(small);
-                        (res, cb)
-                    }
-                    None => {
-                        bufs.cb = cb;
-                        return;
-                    }
-                }
+                cb.extend_from_slice(&small);
+                w.give_small(small);
+                (res, cb)
             } else {
                 read_append(client, cb, 4096, Some(limit)).await
             };
