@@ -848,6 +848,9 @@ async fn splice_loop(
                 }
                 let wait = poll(from, libc::POLLIN);
                 tokio::pin!(wait);
+                // The 2 ms flush must not wait for a quiet worker's slow
+                // ring tick (250 ms).
+                let precise = tokio_uring::precise_timers();
                 let ready = tokio::select! {
                     biased;
                     r = &mut wait => r,
@@ -858,6 +861,7 @@ async fn splice_loop(
                         // the idle timeout measures silence, not slowness.
                         set_rcvlowat(fd_in, 1);
                         *lowat = 1;
+                        drop(precise);
                         match limit {
                             Some(d) => tokio::time::timeout(d, wait)
                                 .await

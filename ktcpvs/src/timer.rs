@@ -11,8 +11,10 @@
 //! ([`run`], one per worker) advances the counter every [`TICK`] and wakes
 //! the operations whose time ran out, looking only at that tick's bucket of
 //! a hashed wheel (so a million idle connections cost nothing per tick), and
-//! a deadline fires between its duration and its duration plus two ticks —
-//! good for timeouts of seconds, not for precise timers.
+//! a deadline fires between its duration and its duration plus two ticks
+//! (plus up to 250 ms on a worker that has been quiet long enough to slow
+//! its ring tick, vendor/tokio-uring/PATCHED.md) — good for timeouts of
+//! seconds, not for precise timers.
 //!
 //! Threads without a ticker (tests, helper threads) get
 //! `tokio::time::timeout` instead: [`timeout`] never waits forever.

@@ -521,6 +521,44 @@ mod tests {
         assert!(slept < Duration::from_secs(2), "{slept:?}");
     }
 
+    /// A quiet thread's ring tick slows to 250 ms (an idle worker wakes
+    /// ~4 times a second, not 250); a held `precise_timers` or the first
+    /// completed operation brings the 4 ms tick back.
+    #[test]
+    fn a_quiet_worker_slows_its_tick_and_io_speeds_it_up() {
+        tokio_uring::start(async {
+            let slow = || tokio_uring::ring_tick().map(|t| t.0);
+            let ticks = || tokio_uring::ring_tick().map_or(0, |t| t.1);
+            // Quiet: no operation completes for well over 64 ticks.
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            assert_eq!(slow(), Some(true), "quiet thread kept the 4 ms tick");
+            // The kernel took the new period: ~4 expiries a second, not 250.
+            let t0 = ticks();
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            let n = ticks() - t0;
+            assert!(n <= 25, "{n} tick expiries in a second at the slow period");
+            // A task that wants precise timers gets the fast tick back.
+            {
+                let _p = tokio_uring::precise_timers();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                assert_eq!(slow(), Some(false), "precise_timers left the tick slow");
+            }
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            assert_eq!(slow(), Some(true));
+            // So does I/O: a poll that completes.
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let (mut a, _) = l.accept().unwrap();
+            use std::io::Write;
+            a.write_all(b"x").unwrap();
+            poll(&Rc::new(c), libc::POLLIN).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            assert_eq!(slow(), Some(false), "a completion left the tick slow");
+        });
+    }
+
     #[test]
     fn pipe_is_open_and_sized() {
         let p = Pipe::new(256 * 1024).unwrap();

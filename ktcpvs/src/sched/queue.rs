@@ -77,6 +77,8 @@ impl WaitQueue {
         }
         self.waiting.set(self.waiting.get() + 1);
         let _leave = Leave(&self.waiting);
+        // Rechecks every 10 ms, also on a worker that is otherwise quiet.
+        let _precise = tokio_uring::precise_timers();
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
             let until = deadline.min(tokio::time::Instant::now() + RECHECK);

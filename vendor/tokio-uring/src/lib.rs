@@ -83,6 +83,7 @@ pub use io::write::*;
 pub use runtime::driver::op::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
 pub use runtime::spawn;
 pub use runtime::set_park_in_ring;
+pub use runtime::{precise_timers, ring_tick, PreciseTimers};
 pub use runtime::Runtime;
 
 use crate::runtime::driver::op::Op;

@@ -76,6 +76,43 @@ pub fn set_park_in_ring(on: bool) {
     PARK_IN_RING.with(|c| c.set(on));
 }
 
+std::thread_local! {
+    static PRECISE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// (ktcpvs patch) While a value of this type lives, the thread's ring tick
+/// keeps its short period (4 ms) even when the thread is quiet, so tokio
+/// timers of a few milliseconds fire on time while the thread sleeps in
+/// io_uring. Without one, a thread that has completed no I/O for ~256 ms
+/// slows its tick to 250 ms (see PATCHED.md); hold one around a wait whose
+/// short timer matters.
+#[derive(Debug)]
+pub struct PreciseTimers(());
+
+/// (ktcpvs patch) Asks for precise timers on this thread until the value
+/// is dropped ([`PreciseTimers`]).
+pub fn precise_timers() -> PreciseTimers {
+    PRECISE.with(|c| c.set(c.get() + 1));
+    PreciseTimers(())
+}
+
+impl Drop for PreciseTimers {
+    fn drop(&mut self) {
+        PRECISE.with(|c| c.set(c.get().saturating_sub(1)));
+    }
+}
+
+/// (ktcpvs patch) This thread's ring tick, for diagnostics and tests:
+/// whether it runs at its slow period, and how many expiries the runtime
+/// has seen. `None` outside a runtime or where the tick is not armed.
+pub fn ring_tick() -> Option<(bool, u64)> {
+    CONTEXT.with(|x| x.handle())?.tick_state()
+}
+
+pub(crate) fn precise_timers_held() -> bool {
+    PRECISE.with(|c| c.get() > 0)
+}
+
 impl Runtime {
     /// Creates a new tokio_uring runtime on the current thread.
     ///

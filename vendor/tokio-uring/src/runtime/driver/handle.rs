@@ -22,7 +22,9 @@ use std::task::{Context, Poll};
 
 use crate::buf::fixed::FixedBuffers;
 use crate::runtime::driver::op::{Completable, MultiCQEFuture, Op, Updateable};
-use crate::runtime::driver::{Driver, Tick, TICK_USER_DATA};
+use crate::runtime::driver::{
+    Driver, Tick, QUIET_TICKS, SLOW_TICK_NS, TICK_NS, TICK_UPDATE_USER_DATA, TICK_USER_DATA,
+};
 
 #[derive(Clone)]
 pub(crate) struct Handle {
@@ -62,8 +64,10 @@ impl Handle {
     /// more than it saves on a virtual machine): a multishot timeout in the
     /// ring, submitted once, completes every `TICK_NS` (driver/mod.rs), so tokio's
     /// timers and wake-ups from other threads are served at most that
-    /// late while the thread sleeps here. Where the kernel refuses it
-    /// (before 6.4), this is upstream's plain submit.
+    /// late while the thread sleeps here — or `SLOW_TICK_NS` late once the
+    /// thread has been quiet for `QUIET_TICKS` ticks and holds no
+    /// `PreciseTimers` (the period is changed here, at park). Where the
+    /// kernel refuses it (before 6.4), this is upstream's plain submit.
     pub(crate) fn flush_and_wait(&self) -> io::Result<usize> {
         let mut inner = self.inner.borrow_mut();
         let d = &mut *inner;
@@ -71,6 +75,9 @@ impl Handle {
             return d.uring.submit();
         }
         if d.tick == Tick::Unarmed {
+            d.tick_ts = io_uring::types::Timespec::new().nsec(TICK_NS);
+            d.tick_slow = Some(false);
+            d.quiet_ticks = 0;
             // SAFETY: IORING_TIMEOUT_MULTISHOT (64) is a valid flag bit
             // the crate's bitflags type does not name yet.
             let multishot = unsafe {
@@ -88,6 +95,26 @@ impl Handle {
                 return d.uring.submit(); // SQ full: arm at the next park
             }
             d.tick = Tick::Armed;
+        } else if d.tick == Tick::Armed && !d.tick_updating {
+            // Slow the tick down on a quiet thread, speed it up again at
+            // the first completion or when a task wants precise timers.
+            let slow = d.quiet_ticks >= QUIET_TICKS && !crate::runtime::precise_timers_held();
+            if d.tick_slow != Some(slow) {
+                let old = (d.tick_slow, d.tick_ts);
+                d.tick_ts = io_uring::types::Timespec::new()
+                    .nsec(if slow { SLOW_TICK_NS } else { TICK_NS });
+                let sqe = io_uring::opcode::TimeoutUpdate::new(TICK_USER_DATA, &d.tick_ts)
+                    .build()
+                    .user_data(TICK_UPDATE_USER_DATA);
+                // SAFETY: `tick_ts` outlives the submission below, which
+                // is when the kernel copies it.
+                if unsafe { d.uring.submission().push(&sqe) }.is_ok() {
+                    d.tick_slow = Some(slow);
+                    d.tick_updating = true;
+                } else {
+                    (d.tick_slow, d.tick_ts) = old; // SQ full: next park
+                }
+            }
         }
         if !d.uring.completion().is_empty() {
             return d.uring.submit();
@@ -99,6 +126,12 @@ impl Handle {
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) => Ok(0),
             Err(e) => Err(e),
         }
+    }
+
+    /// (ktcpvs) See `crate::ring_tick`.
+    pub(crate) fn tick_state(&self) -> Option<(bool, u64)> {
+        let d = self.inner.borrow();
+        (d.tick == Tick::Armed).then_some((d.tick_slow == Some(true), d.ticks))
     }
 
     pub(crate) fn register_buffers(

@@ -29,9 +29,21 @@ pub(crate) struct Driver {
     /// (ktcpvs) The ring's own periodic timeout, which bounds a wait in
     /// `Handle::flush_and_wait`.
     pub(crate) tick: Tick,
-    /// Its period; read by the kernel when the timeout is submitted (the
-    /// driver lives behind an `Rc`, so this address is stable).
+    /// Its period; read by the kernel when the timeout (or an update of
+    /// it) is submitted (the driver lives behind an `Rc`, so this address
+    /// is stable).
     pub(crate) tick_ts: io_uring::types::Timespec,
+    /// Whether the armed timeout runs at `SLOW_TICK_NS` (`Some(true)`) or
+    /// `TICK_NS`; `None` when an update failed and the period is unknown
+    /// (the next park sets it again).
+    pub(crate) tick_slow: Option<bool>,
+    /// A `TimeoutUpdate` of the tick is in flight.
+    pub(crate) tick_updating: bool,
+    /// Tick completions since the last completion of an operation: how
+    /// long the thread has had no I/O, in ticks.
+    pub(crate) quiet_ticks: u32,
+    /// Tick completions seen, for diagnostics (`crate::ring_tick`).
+    pub(crate) ticks: u64,
 }
 
 /// (ktcpvs) State of the periodic timeout (`Handle::flush_and_wait`).
@@ -49,9 +61,23 @@ pub(crate) enum Tick {
 /// reserves `u64::MAX` for cancellations).
 pub(crate) const TICK_USER_DATA: u64 = u64::MAX - 1;
 
+/// (ktcpvs) `user_data` of the completion of an update of that timeout's
+/// period.
+pub(crate) const TICK_UPDATE_USER_DATA: u64 = u64::MAX - 2;
+
 /// (ktcpvs) Period of that timeout: the longest a timer or a wake-up from
 /// another thread waits while the thread sleeps in io_uring.
 pub(crate) const TICK_NS: u32 = 4_000_000;
+
+/// (ktcpvs) Its period once the thread has been quiet (no operation
+/// completed) for `QUIET_TICKS` ticks and nothing holds
+/// [`crate::PreciseTimers`]: an idle worker then wakes 4 times a second
+/// instead of 250. The first completion of an operation brings back
+/// `TICK_NS`.
+pub(crate) const SLOW_TICK_NS: u32 = 250_000_000;
+
+/// (ktcpvs) Quiet ticks before the period becomes `SLOW_TICK_NS` (~256 ms).
+pub(crate) const QUIET_TICKS: u32 = 64;
 
 struct Ops {
     // When dropping the driver, all in-flight operations must have completed. This
@@ -72,6 +98,10 @@ impl Driver {
             fixed_buffers: None,
             tick: Tick::Unarmed,
             tick_ts: io_uring::types::Timespec::new().nsec(TICK_NS),
+            tick_slow: Some(false),
+            tick_updating: false,
+            quiet_ticks: 0,
+            ticks: 0,
         })
     }
 
@@ -121,9 +151,24 @@ impl Driver {
                     self.tick = Tick::Failed;
                 } else if !cqueue::more(cqe.flags()) {
                     self.tick = Tick::Unarmed;
+                } else {
+                    self.quiet_ticks = self.quiet_ticks.saturating_add(1);
+                    self.ticks += 1;
                 }
                 continue;
             }
+            if cqe.user_data() == TICK_UPDATE_USER_DATA {
+                self.tick_updating = false;
+                if cqe.result() < 0 {
+                    // -ENOENT while an expiry is being delivered (the
+                    // timeout is off its list for that moment), or
+                    // -EALREADY: the old period stays; set it again at
+                    // the next park.
+                    self.tick_slow = None;
+                }
+                continue;
+            }
+            self.quiet_ticks = 0;
 
             let index = cqe.user_data() as _;
 
