@@ -353,8 +353,8 @@ pub(crate) async fn forward(
     // A body: upload and download run together, so a server may answer
     // early (or send 100 Continue) while the client still sends.
     let cb = std::mem::take(&mut bufs.cb);
-    let owes = Cell::new(true);
-    let up = upload(w, client, server, cb, head.head_len, head.body, &owes);
+    let owes = Cell::new(u64::MAX);
+    let up = upload(w, client, server, cb, head, &owes);
     let down = download(
         w,
         s,
@@ -377,79 +377,130 @@ pub(crate) async fn forward(
             (_, Some(Err(f))) => return Err(*f),
             // The client failed: nothing more to relay.
             (Some((Err(f), _)), _) if *f != Fail::Server => return Err(*f),
-            (Some((Ok(()), _)), Some(Ok(_))) => break,
             // The server stopped taking the body (it may have answered and
             // closed: a 413, a redirect): its answer still goes to the client.
             (Some((Err(_), _)), None) => {}
-            (_, Some(Ok(_))) => {
-                // Answered before the body was all sent: the rest of the body
-                // cannot be told from a next request without reading it all,
-                // so both connections end here (the response said
-                // `Connection: close` if the client still owed body bytes
-                // when it began). What the client still sends is read and
-                // dropped for a moment, so that closing with unread input
-                // does not reset the connection before the client has read
-                // the response.
-                crate::conn::lingering_close(client).await;
-                return Ok(Done {
-                    server_reusable: false,
-                    keep_client: false,
-                    upgraded: false,
-                });
+            // Both over, and the client's whole body was read (also when
+            // the server stopped taking it: the upload then read the rest
+            // and dropped it): the client buffer is at its next request.
+            (Some(_), Some(Ok(_))) if owes.get() == 0 => break,
+            // Answered while more body than `DRAIN_LIMIT` was still to
+            // come (the response said `Connection: close`), or the client
+            // asked to close.
+            (_, Some(Ok(d))) if !d.keep_client || up_res.is_some() => {
+                return Ok(close_after_early_answer(client).await)
+            }
+            (None, Some(Ok(_))) => {
+                // Answered, and the response said keep-alive: the rest of
+                // the body (at most `DRAIN_LIMIT`) is read — on to the
+                // server, or dropped if the server stopped taking it — so
+                // the client connection goes on at its next request.
+                match crate::timer::timeout(FINISH_UPLOAD, &mut up).await {
+                    Ok(r) if owes.get() == 0 && matches!(r.0, Ok(()) | Err(Fail::Server)) => {
+                        up_res = Some(r);
+                        break;
+                    }
+                    _ => return Ok(close_after_early_answer(client).await),
+                }
             }
             _ => {}
         }
     }
-    let (Some((_, cb)), Some(done)) = (up_res, down_res) else {
+    let (Some((up_r, cb)), Some(done)) = (up_res, down_res) else {
         unreachable!("both halves finished")
     };
     bufs.cb = cb;
-    done
+    let mut done = done?;
+    if up_r.is_err() {
+        // The server did not take the whole body: never pool it.
+        done.server_reusable = false;
+    }
+    Ok(done)
+}
+
+/// An answer that begins while the client still owes at most this much
+/// request body keeps the client connection: the rest is read (and
+/// dropped, if the server no longer takes it). With more to come, or an
+/// unknown amount (chunked, or a body spliced), the answer says
+/// `Connection: close`.
+const DRAIN_LIMIT: u64 = 256 * 1024;
+
+/// How long a complete answer waits for the rest of the request body
+/// (at most `DRAIN_LIMIT`) to be read, to keep the client connection.
+const FINISH_UPLOAD: Duration = Duration::from_secs(5);
+
+/// The end of an exchange whose answer began before the request body was
+/// all there: the rest of the body cannot be told from a next request
+/// without reading it all, so both connections end (the response said
+/// `Connection: close` if the client still owed body bytes when it began).
+/// What the client still sends is read and dropped for a moment, so that
+/// closing with unread input does not reset the connection before the
+/// client has read the response.
+async fn close_after_early_answer(client: &Rc<TcpStream>) -> Done {
+    crate::conn::lingering_close(client).await;
+    Done {
+        server_reusable: false,
+        keep_client: false,
+        upgraded: false,
+    }
 }
 
 /// Sends the request body to the server; returns the client buffer with
 /// the bytes that follow the body (the next pipelined requests). `owes`
-/// is cleared once the last body byte has been read from the client.
+/// tells how many body bytes are still to be read from the client
+/// (`u64::MAX`: unknown), 0 once the last one has been.
 async fn upload(
     w: &Rc<Worker>,
     client: &Rc<TcpStream>,
     server: &Rc<TcpStream>,
     mut cb: Vec<u8>,
-    head_len: usize,
-    body: Body,
-    owes: &Cell<bool>,
+    head: &RequestHead,
+    owes: &Cell<u64>,
 ) -> (Result<(), Fail>, Vec<u8>) {
+    let (head_len, body) = (head.head_len, head.body);
     let timeout = Some(w.cfg.limits.client_body_timeout);
+    // A client that sent `Expect: 100-continue` may never send its body
+    // once it has a final answer: for it, only a body read to its end
+    // counts (an early answer then says `Connection: close`).
+    let set_owed = |x: u64| {
+        owes.set(if head.expect_continue && x != 0 {
+            u64::MAX
+        } else {
+            x
+        })
+    };
+    // Once a send to the server fails, the rest of a copied body is still
+    // read from the client and dropped (`sent` stays false), so the client
+    // connection ends at its next request and can be kept: a server may
+    // answer and close without reading a body (a 401, or a handler that
+    // never reads it).
+    let mut sent = true;
     match body {
         Body::Length(n) => {
             let avail = ((cb.len() - head_len) as u64).min(n) as usize;
-            if avail as u64 == n {
-                owes.set(false);
+            let mut rem = n - avail as u64;
+            if rem < w.cfg.splice_threshold {
+                set_owed(rem);
             }
             let (r, b) =
                 write_range(server, cb, head_len, head_len + avail, SERVER_SEND_TIMEOUT).await;
             cb = b;
-            if r.is_err() {
-                return (Err(Fail::Server), cb);
-            }
+            sent = r.is_ok();
             cb.drain(..head_len + avail);
-            let mut rem = n - avail as u64;
-            let body_done = |r: Result<(), Fail>| {
+            if rem >= w.cfg.splice_threshold {
+                if !sent {
+                    return (Err(Fail::Server), cb);
+                }
+                let r =
+                    splice_exact(w, client, server, rem, timeout, Fail::Client, Fail::Server).await;
                 if r.is_ok() {
+                    owes.set(0);
                     note(|r| {
                         r.body_in += n;
                         r.server_out += n;
                     });
                 }
-                r
-            };
-            if rem >= w.cfg.splice_threshold {
-                let r =
-                    splice_exact(w, client, server, rem, timeout, Fail::Client, Fail::Server).await;
-                if r.is_ok() {
-                    owes.set(false);
-                }
-                return (body_done(r), cb);
+                return (r, cb);
             }
             while rem > 0 {
                 let (r, b) = read_append(client, cb, 4096, timeout).await;
@@ -459,19 +510,24 @@ async fn upload(
                     Ok(_) => {}
                 }
                 let k = (cb.len() as u64).min(rem) as usize;
-                if k as u64 == rem {
-                    owes.set(false);
+                set_owed(rem - k as u64);
+                if sent {
+                    let (r, b) = write_range(server, cb, 0, k, SERVER_SEND_TIMEOUT).await;
+                    cb = b;
+                    sent = r.is_ok();
+                    if sent {
+                        w.stats.copied_bytes_total.fetch_add(k as u64, Relaxed);
+                    }
                 }
-                let (r, b) = write_range(server, cb, 0, k, SERVER_SEND_TIMEOUT).await;
-                cb = b;
-                if r.is_err() {
-                    return (Err(Fail::Server), cb);
-                }
-                w.stats.copied_bytes_total.fetch_add(k as u64, Relaxed);
                 cb.drain(..k);
                 rem -= k as u64;
             }
-            (body_done(Ok(())), cb)
+            note(|r| {
+                r.body_in += n;
+                if sent {
+                    r.server_out += n;
+                }
+            });
         }
         Body::Chunked => {
             let mut sc = ChunkedScanner::new();
@@ -482,21 +538,24 @@ async fn upload(
                     Err(_) => return (Err(Fail::BadBody), cb),
                 };
                 if sc.is_done() {
-                    owes.set(false);
+                    owes.set(0);
                 }
-                let (r, b) = write_range(server, cb, start, start + c, SERVER_SEND_TIMEOUT).await;
-                cb = b;
-                if r.is_err() {
-                    return (Err(Fail::Server), cb);
+                if sent {
+                    let (r, b) =
+                        write_range(server, cb, start, start + c, SERVER_SEND_TIMEOUT).await;
+                    cb = b;
+                    sent = r.is_ok();
                 }
                 note(|r| {
                     r.body_in += c as u64;
-                    r.server_out += c as u64;
+                    if sent {
+                        r.server_out += c as u64;
+                    }
                 });
                 cb.drain(..start + c);
                 start = 0;
                 if sc.is_done() {
-                    return (Ok(()), cb);
+                    break;
                 }
                 let (r, b) = read_append(client, cb, 4096, timeout).await;
                 cb = b;
@@ -507,11 +566,11 @@ async fn upload(
             }
         }
         Body::None | Body::Close => {
-            owes.set(false);
+            owes.set(0);
             cb.drain(..head_len);
-            (Ok(()), cb)
         }
     }
+    (if sent { Ok(()) } else { Err(Fail::Server) }, cb)
 }
 
 /// Reads the response head (forwarding interim 1xx heads), then relays the
@@ -527,7 +586,7 @@ async fn download(
     sb: &mut Vec<u8>,
     out: &mut Vec<u8>,
     view: ClientView,
-    owes: Option<&Cell<bool>>,
+    owes: Option<&Cell<u64>>,
 ) -> Result<Done, Fail> {
     let rto = Some(s.cfg.pool.response_timeout);
     // A client that stops reading is given up after its idle timeout.
@@ -536,11 +595,12 @@ async fn download(
     let mut started = false;
     let rh = loop {
         if !sb.is_empty() {
-            // A response that begins while the client still owes request
-            // body bytes ends the connection (see `forward`): say so in it.
-            // (Checked per head: after a 100 Continue the body may come.)
+            // A response that begins while the client still owes more
+            // request body than `DRAIN_LIMIT` (or an unknown amount) ends
+            // the connection (see `forward`): say so in it. (Checked per
+            // head: after a 100 Continue the body may come.)
             let view = ClientView {
-                keep_alive: view.keep_alive && !owes.is_some_and(Cell::get),
+                keep_alive: view.keep_alive && owes.is_none_or(|o| o.get() <= DRAIN_LIMIT),
                 ..view
             };
             match response::parse(sb, view, out) {

@@ -319,3 +319,62 @@ fn an_answer_before_the_body_ends_says_close_and_is_delivered_whole() {
     }
     assert_eq!(o.requests_to("/status/401"), 3);
 }
+
+/// A server that answers without reading the body (here a 401, and the
+/// test origin then closes the connection) while the client still owes a
+/// small part of it: the answer says keep-alive, the switch reads the rest
+/// of the body and drops it, and the client's next request on the same
+/// connection is answered. Before, the switch closed the client connection
+/// after such an answer (h2load and Python clients saw failed requests).
+#[test]
+fn an_early_answer_to_a_small_body_keeps_the_client_connection() {
+    let (o, k) = switch();
+    let mut c = k.client();
+    for round in 0..3 {
+        let mut req =
+            b"POST /status/401 HTTP/1.1\r\nHost: h\r\nContent-Length: 50000\r\n\r\n".to_vec();
+        req.extend_from_slice(&vec![b'x'; 10_000]);
+        c.send(&req);
+        let r = c
+            .read_response()
+            .unwrap_or_else(|e| panic!("round {round}: no answer: {e}"));
+        assert_eq!(r.status, 401, "round {round}: {r:?}");
+        assert!(
+            !r.header_has_token("connection", "close"),
+            "round {round}: a small unread rest closed the connection: {r:?}"
+        );
+        // The rest of the body, and the next request right behind it.
+        let mut rest = vec![b'y'; 40_000];
+        rest.extend_from_slice(&get("/after"));
+        c.send(&rest);
+        let r = c
+            .read_response()
+            .unwrap_or_else(|e| panic!("round {round}: next request unanswered: {e}"));
+        assert_eq!(r.status, 200, "round {round}: {r:?}");
+        assert!(r.body.ends_with(b"/after\n"), "round {round}: {r:?}");
+    }
+    assert_eq!(o.requests_to("/status/401"), 3);
+    assert_eq!(o.requests_to("/after"), 3);
+}
+
+/// Whole requests with a 12.8 KB body, each sent in one write, to a route
+/// that never reads it: every one is answered on one connection (the
+/// switch reads the body in pieces, so the answer often comes first).
+#[test]
+fn unread_bodies_sent_whole_do_not_cost_the_connection() {
+    let (o, k) = switch();
+    let mut c = k.client();
+    let body = vec![b'z'; 12_813];
+    for i in 0..40 {
+        c.send(&request("POST", "/status/202", &[], &body));
+        let r = c
+            .read_response()
+            .unwrap_or_else(|e| panic!("request {i}: no answer: {e}"));
+        assert_eq!(r.status, 202, "request {i}: {r:?}");
+        assert!(
+            !r.header_has_token("connection", "close"),
+            "request {i}: {r:?}"
+        );
+    }
+    assert_eq!(o.requests_to("/status/202"), 40);
+}
