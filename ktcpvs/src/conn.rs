@@ -108,7 +108,10 @@ async fn client_loop(
                 }
             }
             let idle = bufs.cb.is_empty();
-            if idle && w.shutting_down() {
+            // Shutting down: no waiting for a next request (a connection
+            // taken from the accept queue at shutdown still has its first
+            // one read, if it has arrived).
+            if idle && w.shutting_down() && !fresh {
                 return;
             }
             let limit = if idle {
@@ -122,7 +125,11 @@ async fn client_loop(
                 match recv_now(client, &mut bufs.cb, 4096) {
                     Ok(0) => return,
                     Ok(_) => continue,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if w.shutting_down() {
+                            return;
+                        }
+                    }
                     Err(_) => return,
                 }
             }

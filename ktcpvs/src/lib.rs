@@ -44,27 +44,21 @@ use runtime::Runtime;
 pub enum StartError {
     #[error("io_uring is unavailable ({0}). ktcpvs needs Linux 5.11 or later with io_uring enabled (check the sysctl kernel.io_uring_disabled and any seccomp profile, e.g. a container runtime's default one); it has no epoll fallback")]
     NoIoUring(std::io::Error),
-    #[error("cannot listen on {addr} for service {service:?}: {source}")]
+    #[error("cannot listen on {addr} for service {service:?}: {error}")]
     Listen {
         service: String,
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot serve metrics on {addr}: {source}")]
+    #[error("cannot serve metrics on {addr}: {error}")]
     Metrics {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot serve the admin socket {path} (global.admin_socket): {source}")]
-    Admin {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("cannot open the access log {path} (global.access_log): {source}")]
-    AccessLog {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot serve the admin socket {path} (global.admin_socket): {error}")]
+    Admin { path: String, error: std::io::Error },
+    #[error("cannot open the access log {path} (global.access_log): {error}")]
+    AccessLog { path: String, error: std::io::Error },
     #[error("cannot start health-check thread: {0}")]
     Health(std::io::Error),
     #[error("cannot start worker thread: {0}")]
@@ -126,10 +120,10 @@ pub fn start(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<Running, St
         None => None,
         Some((path, explicit)) => match admin::bind(&path) {
             Ok(l) => Some((path, l)),
-            Err(source) if explicit => {
+            Err(error) if explicit => {
                 return Err(StartError::Admin {
                     path: path.display().to_string(),
-                    source,
+                    error,
                 })
             }
             Err(e) => {
@@ -148,23 +142,23 @@ pub fn start(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<Running, St
     // bind picks the port and the other workers join it.
     let addrs = match runtime.start() {
         Ok(a) => a,
-        Err((service, addr, source)) => {
+        Err((service, addr, error)) => {
             unlink_admin(&admin_sock);
             return Err(StartError::Listen {
                 service,
                 addr,
-                source,
+                error,
             });
         }
     };
 
     let access_log = match &cfg.access_log {
         Some(path) => {
-            let al = access_log::AccessLog::start(path).map_err(|source| {
+            let al = access_log::AccessLog::start(path).map_err(|error| {
                 unlink_admin(&admin_sock);
                 StartError::AccessLog {
                     path: path.display().to_string(),
-                    source,
+                    error,
                 }
             })?;
             let _ = runtime.access_log.set(al.clone());
@@ -181,9 +175,9 @@ pub fn start(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<Running, St
     let metrics = match cfg.metrics {
         Some(addr) => {
             let stop = Arc::new(AtomicBool::new(false));
-            let h = metrics::serve(addr, registry.clone(), stop.clone()).map_err(|source| {
+            let h = metrics::serve(addr, registry.clone(), stop.clone()).map_err(|error| {
                 unlink_admin(&admin_sock);
-                StartError::Metrics { addr, source }
+                StartError::Metrics { addr, error }
             })?;
             info!(%addr, "metrics at http://{addr}/metrics");
             Some((stop, h))

@@ -49,7 +49,13 @@ pub fn spawn_origins(
         } else {
             first_port + k as u16
         };
-        let l = std::net::TcpListener::bind(SocketAddr::new(ip, port))?;
+        let addr = SocketAddr::new(ip, port);
+        let l = std::net::TcpListener::bind(addr).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("{addr}: {e} (is another quickstart or `ktcpvs origins` running?)"),
+            )
+        })?;
         l.set_nonblocking(true)?;
         listeners.push(l);
     }

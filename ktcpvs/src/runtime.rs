@@ -121,6 +121,33 @@ fn bind_reuseport(addr: SocketAddr, transparent: bool) -> std::io::Result<std::n
     Ok(s.into())
 }
 
+/// Refuses an address another process already listens on: with
+/// SO_REUSEPORT on both sides the kernel would let us bind it too and
+/// share its connections between the two processes (a forgotten old
+/// instance would silently take part of the traffic). A probe socket
+/// without SO_REUSEPORT finds out; it is closed before the listeners are
+/// bound. Port 0 needs no probe.
+fn ensure_not_listened(addr: SocketAddr, transparent: bool) -> std::io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if transparent {
+        s.set_ip_transparent(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into()).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            std::io::Error::new(
+                e.kind(),
+                "address in use: another process listens on it (is another ktcpvs running?)",
+            )
+        } else {
+            e
+        }
+    })
+}
+
 /// A service's locality table (lblc's slots are sized only for lblc).
 fn new_table(cfg: &ServiceConfig) -> LocalityTable {
     LocalityTable::for_kind(cfg.scheduler, cfg.lblc_max_entries).with_shrink(cfg.lblcr_shrink)
@@ -220,9 +247,12 @@ impl Runtime {
 
     /// Binds a new service's listeners (one per worker) and builds its
     /// first version.
+    /// `ours`: this process listens on the address already (a service
+    /// renamed by a reload), so only another process's listener is refused.
     fn new_service(
         &self,
         cfg: ServiceConfig,
+        ours: bool,
     ) -> Result<Arc<ServiceShared>, (SocketAddr, std::io::Error)> {
         let mut addr = cfg.listen;
         let mut ls = Vec::with_capacity(self.cfg.workers);
@@ -230,6 +260,9 @@ impl Runtime {
             .cache
             .as_ref()
             .is_some_and(|c| c.transparent == crate::cache::Transparent::Tproxy);
+        if !ours {
+            ensure_not_listened(addr, tproxy).map_err(|e| (addr, e))?;
+        }
         for wid in 0..self.cfg.workers {
             let l = bind_reuseport(addr, tproxy).map_err(|e| (addr, e))?;
             if wid == 0 {
@@ -287,7 +320,7 @@ impl Runtime {
         let mut out = Vec::new();
         for s in &self.cfg.services {
             let sh = self
-                .new_service(s.clone())
+                .new_service(s.clone(), false)
                 .map_err(|(a, e)| (s.name.clone(), a, e))?;
             out.push(sh);
         }
@@ -383,7 +416,7 @@ impl Runtime {
                 .remove(0);
             cfg.servers.clear();
             let sh = rt
-                .new_service(cfg)
+                .new_service(cfg, false)
                 .map_err(|(a, e)| AdminError(format!("cannot listen on {a}: {e}")))?;
             let msg = format!(
                 "added service {name} on {} ({})",
@@ -555,12 +588,28 @@ impl Runtime {
             let new = Config::from_file(&path)
                 .map_err(|e| AdminError(format!("reload refused, {}: {e}", path.display())))?;
             let mut next = Vec::with_capacity(new.services.len());
-            let (mut kept, mut added) = (0, 0);
+            let (mut kept, mut renamed, mut added) = (0, 0, 0);
+            let tproxy = |c: &ServiceConfig| {
+                c.cache
+                    .as_ref()
+                    .is_some_and(|c| c.transparent == crate::cache::Transparent::Tproxy)
+            };
             for sc in new.services {
-                match services
+                let same = services
                     .iter()
-                    .find(|s| s.cfg.name == sc.name && s.cfg.listen == sc.listen)
-                {
+                    .find(|s| s.cfg.name == sc.name && s.cfg.listen == sc.listen);
+                // A service renamed on the same address keeps its
+                // listeners: closing them would reset the connections the
+                // kernel is completing on them at that moment.
+                let moved = same.is_none().then(|| {
+                    services.iter().find(|s| {
+                        sc.listen.port() != 0
+                            && s.cfg.listen == sc.listen
+                            && tproxy(&s.cfg) == tproxy(&sc)
+                            && !next.iter().any(|n: &Arc<ServiceShared>| n.id == s.id)
+                    })
+                });
+                match same.or(moved.flatten()) {
                     Some(old) => {
                         let servers = sc
                             .servers
@@ -570,12 +619,17 @@ impl Runtime {
                                 None => crate::health::new_server(r),
                             })
                             .collect();
+                        if same.is_some() {
+                            kept += 1;
+                        } else {
+                            renamed += 1;
+                        }
                         next.push(Self::derive(old, sc, servers));
-                        kept += 1;
                     }
                     None => {
                         let name = sc.name.clone();
-                        next.push(rt.new_service(sc).map_err(|(a, e)| {
+                        let ours = services.iter().any(|s| s.addr == sc.listen);
+                        next.push(rt.new_service(sc, ours).map_err(|(a, e)| {
                             AdminError(format!(
                                 "reload refused, service {name:?}: cannot listen on {a}: {e}"
                             ))
@@ -589,7 +643,7 @@ impl Runtime {
                 .filter(|s| !next.iter().any(|n| n.id == s.id))
                 .count();
             let mut msg = format!(
-                "reloaded {}: {kept} service(s) kept, {added} added, {deleted} deleted",
+                "reloaded {}: {kept} service(s) kept, {renamed} renamed, {added} added, {deleted} deleted",
                 path.display()
             );
             let restart = new.workers != rt.cfg.workers

@@ -388,7 +388,9 @@ async fn accept_loop(
     listener: tokio_uring::net::TcpListener,
 ) {
     let mut sd = w.shutdown.clone();
-    let max = w.cfg.limits.max_connections;
+    // The service as last seen: connections accepted after it was deleted
+    // (or renamed by a reload) are still served, by this version.
+    let mut last = w.service(id);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -398,30 +400,13 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                w.stats.connections_accepted_total.fetch_add(1, Relaxed);
-                let Some(s) = w.service(id) else {
-                    break; // deleted meanwhile
+                if let Some(s) = w.service(id) {
+                    last = Some(s);
+                }
+                let Some(s) = &last else {
+                    break;
                 };
-                s.shared.counters.connections.fetch_add(1, Relaxed);
-                if w.active.get() >= max {
-                    // Over the limit: refuse by closing at once (back-pressure).
-                    debug!(%peer, "connection limit reached; closing");
-                    drop(stream);
-                    continue;
-                }
-                // TCP_NODELAY: inherited from the listener (set once at
-                // bind), no setsockopt per connection. A congestion
-                // control, when asked for, is set per connection so that a
-                // reload changes it for the next one (the name was tried
-                // when the configuration was read).
-                if let Some(cc) = &s.cfg.client_congestion {
-                    if let Err(e) =
-                        crate::uring::set_congestion(std::os::fd::AsRawFd::as_raw_fd(&stream), cc)
-                    {
-                        debug!(%peer, error = %e, "cannot set client_congestion");
-                    }
-                }
-                tokio_uring::spawn(crate::conn::serve_client(w.clone(), s, stream, peer));
+                admit(&w, s, stream, peer);
             }
             Err(e) => {
                 // EMFILE and the like: back off briefly instead of spinning.
@@ -430,7 +415,98 @@ async fn accept_loop(
             }
         }
     }
+    // Connections the kernel completed before we stopped are in the
+    // listener's queue; closing it would reset them. Take them first (a
+    // renamed service's new listener already takes the next ones; at
+    // shutdown they get their request answered with `Connection: close`).
+    if let Some(s) = &last {
+        let n = drain_accept_queue(&w, s, &listener);
+        if n > 0 {
+            debug!(worker = w.id, service = %name, n, "served connections queued at close");
+        }
+    }
     info!(worker = w.id, service = %name, "stopped accepting");
+}
+
+/// Accepts whatever is queued on `listener` without waiting; returns how
+/// many connections were taken.
+fn drain_accept_queue(
+    w: &Rc<Worker>,
+    s: &Rc<ServiceRt>,
+    listener: &tokio_uring::net::TcpListener,
+) -> usize {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let fd = listener.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this listener owns; it is closed right
+    // after, so blocking mode no longer matters to anyone.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+            return 0;
+        }
+    }
+    let mut n = 0;
+    loop {
+        // SAFETY: plain accept4 on our listener; a returned descriptor is
+        // owned by the std stream made from it.
+        let c = unsafe {
+            libc::accept4(
+                fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if c < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted
+                || e.raw_os_error() == Some(libc::ECONNABORTED)
+            {
+                continue;
+            }
+            return n; // EAGAIN: the queue is empty (or a real error)
+        }
+        // SAFETY: `c` is a fresh connected socket nobody else owns.
+        let std_stream = unsafe { std::net::TcpStream::from_raw_fd(c) };
+        let Ok(peer) = std_stream.peer_addr() else {
+            continue; // already gone
+        };
+        admit(
+            w,
+            s,
+            tokio_uring::net::TcpStream::from_std(std_stream),
+            peer,
+        );
+        n += 1;
+    }
+}
+
+/// Starts serving an accepted connection (or closes it at once over
+/// `limits.max_connections`).
+fn admit(w: &Rc<Worker>, s: &Rc<ServiceRt>, stream: tokio_uring::net::TcpStream, peer: SocketAddr) {
+    w.stats.connections_accepted_total.fetch_add(1, Relaxed);
+    s.shared.counters.connections.fetch_add(1, Relaxed);
+    if w.active.get() >= w.cfg.limits.max_connections {
+        // Over the limit: refuse by closing at once (back-pressure).
+        debug!(%peer, "connection limit reached; closing");
+        drop(stream);
+        return;
+    }
+    // TCP_NODELAY: inherited from the listener (set once at bind), no
+    // setsockopt per connection. A congestion control, when asked for, is
+    // set per connection so that a reload changes it for the next one (the
+    // name was tried when the configuration was read).
+    if let Some(cc) = &s.cfg.client_congestion {
+        if let Err(e) = crate::uring::set_congestion(std::os::fd::AsRawFd::as_raw_fd(&stream), cc) {
+            debug!(%peer, error = %e, "cannot set client_congestion");
+        }
+    }
+    tokio_uring::spawn(crate::conn::serve_client(
+        w.clone(),
+        s.clone(),
+        stream,
+        peer,
+    ));
 }
 
 /// Once a second: close expired pooled connections, publish gauges; every

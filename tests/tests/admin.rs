@@ -502,3 +502,80 @@ fn admin_socket_is_for_its_owner_only() {
     let list = k.adm(&["-L", "-n"]);
     assert!(!list.contains("127.0.0.1:9 "), "{list}");
 }
+
+/// A second switch started on a port the first one listens on is refused
+/// with a clear message (SO_REUSEPORT would otherwise let it bind and take
+/// part of the first one's connections), and the first serves on. A
+/// reload that renames a service on the same address (old and new
+/// listener in one process for a moment) still works.
+#[test]
+fn a_second_switch_on_the_same_port_is_refused_and_a_rename_reload_works() {
+    let os = origins(1);
+    let mut cfg = Config::new("rr", &[os[0].addr()]);
+    let k = Ktcpvs::start(&cfg);
+    cfg.svc().listen = Some(k.addr());
+
+    let dir = tests::switch::scratch_dir();
+    let mut other = cfg.clone();
+    other.admin_socket = Some(dir.join("admin.sock").display().to_string());
+    let path = dir.join("second.toml");
+    std::fs::write(&path, other.to_toml(k.addr())).unwrap();
+    let out = run_bin(
+        &["--config".into(), path.display().to_string()],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.code, Some(1), "the second switch started: {out:?}");
+    assert!(
+        out.stderr
+            .contains(&format!("cannot listen on {}", k.addr()))
+            && out.stderr.contains("another process listens on it"),
+        "{out:?}"
+    );
+    for _ in 0..20 {
+        let r = fetch(k.addr(), &get("/first")).expect("the first switch answers");
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(os[0].requests_to("/first"), 20);
+
+    // Same address, new name: the service keeps its listeners, so no
+    // connection the kernel is completing is reset; a stream of new
+    // connections across a dozen renames loses none.
+    cfg.admin_socket = Some(k.admin_socket().display().to_string());
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = k.addr();
+    let conns = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            let req = request("GET", "/conn", &[("Connection", "close")], b"");
+            while !stop.load(Relaxed) {
+                match fetch(addr, &req) {
+                    Ok(r) if r.status == 200 => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    for i in 0..12 {
+        cfg.svc().name = format!("renamed{i}");
+        std::fs::write(k.config_path(), cfg.to_toml(k.addr())).unwrap();
+        let out = k.adm(&["reload"]);
+        assert!(
+            out.contains("1 renamed") && out.contains("0 deleted"),
+            "{out}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Relaxed);
+    let (ok, failed) = conns.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed: {failed:?}",
+        failed.len(),
+        ok + failed.len() as u64
+    );
+    assert!(ok > 12, "{ok}");
+    let json = k.adm(&["-L", "--json"]);
+    assert!(json.contains("\"name\":\"renamed11\""), "{json}");
+}
