@@ -132,8 +132,9 @@ pub fn passive_connect_failure(svc: &str, s: &Server, err: &std::io::Error) {
     set_down(svc, s, format_args!("connect failed: {err}"));
 }
 
-/// Passive detection: a pooled connection to `s` failed (reset or closed)
-/// before any response byte. Counts towards `fall`.
+/// Passive detection: a new connection to `s` failed (reset or closed)
+/// before any response byte. Counts towards `fall` (a completed exchange,
+/// [`passive_ok`], starts the count again).
 pub fn passive_reset(svc: &str, s: &Server, fall: u32) {
     s.health.oks.store(0, Relaxed);
     let n = s.health.fails.fetch_add(1, Relaxed) + 1;
@@ -145,6 +146,17 @@ pub fn passive_reset(svc: &str, s: &Server, fall: u32) {
                 "{n} consecutive failures, last: pooled connection reset before a response"
             ),
         );
+    }
+}
+
+/// Passive detection: an exchange with `s` completed, so earlier resets
+/// were not consecutive (a server that closes some connections right after
+/// answering — one whose handler did not read the request body — is not
+/// failing). One relaxed load per response; a store only after a failure.
+#[inline]
+pub fn passive_ok(s: &Server) {
+    if s.health.fails.load(Relaxed) != 0 {
+        s.health.fails.store(0, Relaxed);
     }
 }
 

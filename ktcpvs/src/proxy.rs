@@ -207,12 +207,16 @@ pub async fn exchange(
         let _cls_load = s.cls.as_ref().map(|c| c.track(i, head.cost()));
         w.stats.requests_total.fetch_add(1, Relaxed);
         let r = forward(w, s, client, &conn, bufs, head, view).await;
-        if reused && r.as_ref().err() == Some(&Fail::BeforeResponse) {
-            // Passive detection: a pooled connection reset or closed.
+        if !reused && r.as_ref().err() == Some(&Fail::BeforeResponse) {
+            // Passive detection: a new connection reset or closed without
+            // an answer. (A pooled one that did is the pool's staleness —
+            // a keep-alive timeout, or a server that closes after not
+            // reading a body — not a failing server: not counted.)
             crate::health::passive_reset(&s.cfg.name, server, s.cfg.health.fall);
         }
         match r {
             Ok(done) => {
+                crate::health::passive_ok(server);
                 if completed(w, bufs, head, &done) {
                     s.pool.borrow_mut().put(i, server.id, conn);
                 } else if done.upgraded {
@@ -368,10 +372,18 @@ pub(crate) async fn forward(
     tokio::pin!(up, down);
     let mut up_res: Option<(Result<(), Fail>, Vec<u8>)> = None;
     let mut down_res: Option<Result<Done, Fail>> = None;
+    // Whether the answer was complete before the body was all sent.
+    let mut early = false;
     loop {
         tokio::select! {
+            // The upload first: when both are ready, the body was sent
+            // before the answer was seen.
+            biased;
             r = &mut up, if up_res.is_none() => up_res = Some(r),
-            r = &mut down, if down_res.is_none() => down_res = Some(r),
+            r = &mut down, if down_res.is_none() => {
+                early = up_res.is_none();
+                down_res = Some(r);
+            }
         }
         match (&up_res, &down_res) {
             (_, Some(Err(f))) => return Err(*f),
@@ -411,11 +423,28 @@ pub(crate) async fn forward(
     };
     bufs.cb = cb;
     let mut done = done?;
-    if up_r.is_err() {
-        // The server did not take the whole body: never pool it.
+    if up_r.is_err() || early || (done.server_reusable && unsent(server) > 0) {
+        // The server did not take the whole body, or answered before it
+        // had it — before the upload ended, or with part of the body still
+        // in our send queue, unacknowledged — and most such servers close
+        // right after (hyper does): never pool it. A request with a body
+        // cannot be retried on a connection found dead only when used.
         done.server_reusable = false;
     }
     Ok(done)
+}
+
+/// Bytes of `sock`'s send queue the peer has not acknowledged (SIOCOUTQ);
+/// 0 if the ioctl fails.
+fn unsent(sock: &TcpStream) -> libc::c_int {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (= SIOCOUTQ) writes one int.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if r < 0 {
+        0
+    } else {
+        n
+    }
 }
 
 /// An answer that begins while the client still owes at most this much

@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
@@ -90,6 +90,8 @@ async fn serve_origin(l: tokio::net::TcpListener, name: String) {
     let body = Bytes::from(format!("hello from {name}\n"));
     loop {
         let Ok((s, _)) = l.accept().await else {
+            // EMFILE and the like: back off instead of spinning.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             continue;
         };
         let (name, body) = (name.clone(), body.clone());
@@ -97,8 +99,25 @@ async fn serve_origin(l: tokio::net::TcpListener, name: String) {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let (name, body) = (name.clone(), body.clone());
                 async move {
-                    let body = if req.method() == hyper::Method::HEAD {
+                    // A request body is read to its end (and counted), as
+                    // a real application would: answering first and
+                    // closing makes clients that are still sending fail.
+                    let head = req.method() == hyper::Method::HEAD;
+                    let mut incoming = req.into_body();
+                    let mut received = 0u64;
+                    while let Some(frame) = incoming.frame().await {
+                        match frame {
+                            Ok(f) => received += f.data_ref().map_or(0, |d| d.len() as u64),
+                            Err(_) => break,
+                        }
+                    }
+                    let body = if head {
                         Bytes::new()
+                    } else if received > 0 {
+                        Bytes::from(format!(
+                            "{} (received {received} bytes)\n",
+                            String::from_utf8_lossy(&body).trim_end()
+                        ))
                     } else {
                         body
                     };

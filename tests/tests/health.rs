@@ -450,9 +450,13 @@ fn req_id(head: &[u8]) -> Option<String> {
 #[test]
 fn idempotent_requests_on_a_dying_server_are_retried_a_post_is_not() {
     // The dying server reads each request and closes without answering.
+    // (Passive detection would take it out after `fall` such connections —
+    // next test; a high `fall` keeps it in rotation here.)
     let dying = RawOrigin::start(RawBehaviour::Script(Vec::new()));
     let good = Origin::start("good");
-    let k = Ktcpvs::start(&Config::new("rr", &[dying.addr(), good.addr()]));
+    let mut cfg = Config::new("rr", &[dying.addr(), good.addr()]);
+    cfg.svc().extra = "[service.health]\nfall = 1000\n".into();
+    let k = Ktcpvs::start(&cfg);
 
     for i in 0..8 {
         let r = fetch(
@@ -502,6 +506,34 @@ fn idempotent_requests_on_a_dying_server_are_retried_a_post_is_not() {
             assert_eq!(*status, 200, "POST {id}");
             assert!(at_good.contains(id));
         }
+    }
+}
+
+/// Passive detection: a server that closes every new connection without
+/// answering is taken out after `fall` (3) of them, so later requests —
+/// POSTs included, which cannot be retried — all go to the good server.
+#[test]
+fn a_server_that_resets_new_connections_is_taken_out_passively() {
+    let dying = RawOrigin::start(RawBehaviour::Script(Vec::new()));
+    let good = Origin::start("good");
+    let mut cfg = Config::new("rr", &[dying.addr(), good.addr()]);
+    cfg.workers = 1;
+    let k = Ktcpvs::start(&cfg);
+    for i in 0..8 {
+        let r = fetch(k.addr(), &get(&format!("/warm{i}"))).expect("response");
+        assert_eq!(r.status, 200, "GET {i} was not retried: {r:?}");
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || k
+            .stderr()
+            .contains("real server down")),
+        "the dying server was not taken out:\n{}",
+        k.stderr()
+    );
+    for i in 0..8 {
+        let r = fetch(k.addr(), &request("POST", "/echo", &[], b"hello body")).expect("response");
+        assert_eq!(r.status, 200, "POST {i}: {r:?}");
+        assert_eq!(r.origin(), "good");
     }
 }
 
