@@ -105,9 +105,63 @@ pub fn check_io_uring() -> Result<(), StartError> {
         .map_err(StartError::NoIoUring)
 }
 
+/// Descriptors the configuration may need at once: per worker, its
+/// client connections (`limits.max_connections`), as many to the servers,
+/// and the idle pooled ones; plus listeners, pipes and the rest.
+pub fn descriptors_needed(cfg: &Config) -> u64 {
+    let pooled: u64 = cfg
+        .services
+        .iter()
+        .map(|s| (s.pool.max_idle_per_server * s.servers.len().max(1)) as u64)
+        .sum();
+    let per_worker = 2 * cfg.limits.max_connections as u64 + pooled;
+    per_worker * cfg.workers as u64 + 1024
+}
+
+/// Raises the soft limit on open descriptors towards what the
+/// configuration needs (at most the hard limit), as HAProxy does: a fresh
+/// login's soft limit is often 1,024, which would make accepts fail with
+/// EMFILE at a few hundred connections. Says so, naming the fields, when
+/// the hard limit is lower than that.
+pub fn raise_nofile_limit(cfg: &Config) {
+    let want = descriptors_needed(cfg);
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return;
+    }
+    let target = want.min(rl.rlim_max);
+    if target > rl.rlim_cur {
+        let new = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: rl.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
+            info!(
+                from = rl.rlim_cur,
+                to = target,
+                "raised the open-descriptor limit"
+            );
+            rl.rlim_cur = target;
+        }
+    }
+    if rl.rlim_cur < want {
+        warn!(
+            limit = rl.rlim_cur,
+            needed = want,
+            "the open-descriptor limit is below what limits.max_connections x workers (x2, client and server side) and the pools need: accepts will fail with EMFILE before that; raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or lower limits.max_connections"
+        );
+    }
+}
+
 /// Starts the workers; the switch runs until `shutdown` turns true.
 pub fn start(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<Running, StartError> {
     check_io_uring()?;
+    raise_nofile_limit(&cfg);
     let cfg = Arc::new(cfg);
     let runtime = Runtime::new(cfg.clone());
     // The admin socket first: once the services accept, tcpvsadm works.
