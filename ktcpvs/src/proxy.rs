@@ -187,6 +187,16 @@ pub async fn exchange(
                     w.stats.pool_new_total.fetch_add(1, Relaxed);
                     Rc::new(c)
                 }
+                Err(e) if local_shortage(&e) => {
+                    // Out of descriptors, memory or local ports here: no
+                    // fault of the server, and every other would fail the
+                    // same way. 503 (the client may retry), server kept.
+                    w.stats.server_connect_errors_total.fetch_add(1, Relaxed);
+                    w.stats.error(ErrorKind::Connect);
+                    warn_shortage(&e);
+                    reply_error(w, client, 503).await;
+                    return false;
+                }
                 Err(e) => {
                     w.stats.server_connect_errors_total.fetch_add(1, Relaxed);
                     w.stats.error(ErrorKind::Connect);
@@ -248,6 +258,28 @@ pub async fn exchange(
             }
         }
     }
+}
+
+/// A connect that failed for want of a local resource (descriptors,
+/// buffers, memory, ephemeral ports), not because of the server.
+fn local_shortage(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
+}
+
+/// Logs a local shortage at most every 10 s per worker.
+fn warn_shortage(e: &io::Error) {
+    thread_local! {
+        static LAST: Cell<Option<std::time::Instant>> = const { Cell::new(None) };
+    }
+    LAST.with(|l| {
+        if l.get().is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            l.set(Some(std::time::Instant::now()));
+            warn!(error = %e, "cannot connect to a server: local resources exhausted (answering 503; the servers stay in rotation)");
+        }
+    });
 }
 
 /// Books a complete exchange (also for `crate::cache`'s origin

@@ -391,6 +391,7 @@ async fn accept_loop(
     // The service as last seen: connections accepted after it was deleted
     // (or renamed by a reload) are still served, by this version.
     let mut last = w.service(id);
+    let (mut warned, mut failed) = (None, 0u64);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -409,8 +410,23 @@ async fn accept_loop(
                 admit(&w, s, stream, peer);
             }
             Err(e) => {
-                // EMFILE and the like: back off briefly instead of spinning.
-                warn!(error = %e, "accept failed");
+                // EMFILE and the like: back off briefly instead of spinning,
+                // and say so at most every 10 s (not 100 times a second).
+                failed += 1;
+                if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+                    // Out of descriptors: the idle pooled server
+                    // connections give theirs back first.
+                    for s in w.services.borrow().iter() {
+                        s.pool.borrow_mut().clear();
+                        s.origins.borrow_mut().clear();
+                    }
+                }
+                if warned.is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(10))
+                {
+                    warn!(error = %e, failures = failed, service = %name, "accept failed (the connections wait in the listen queue)");
+                    warned = Some(std::time::Instant::now());
+                    failed = 0;
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
