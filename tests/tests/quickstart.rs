@@ -31,4 +31,17 @@ fn quickstart_answers_from_its_three_builtin_origins() {
         direct.insert(r.origin().to_string());
     }
     assert_eq!(direct.len(), 3, "{direct:?}");
+
+    // Uploads, one connection: the origins read (and count) request
+    // bodies, so keep-alive uploads through the quickstart all succeed.
+    let body = vec![b'b'; 200_000];
+    for i in 0..6 {
+        let r = c.roundtrip(&request("POST", "/up", &[], &body));
+        assert_eq!(r.status, 200, "upload {i}: {r:?}");
+        assert_eq!(
+            r.body_str(),
+            format!("hello from {} (received 200000 bytes)\n", r.origin()),
+            "upload {i}"
+        );
+    }
 }
