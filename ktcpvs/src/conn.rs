@@ -102,6 +102,13 @@ async fn client_loop(
                         e.status()
                     }
                 };
+                if refuse != 0 && bufs.cb.starts_with(H2_PREFACE) {
+                    // An HTTP/2 client with prior knowledge: answer in its
+                    // framing that HTTP/1.1 is required (an HTTP/1.1 400
+                    // would read to it as garbage).
+                    refuse_h2(w, client).await;
+                    return;
+                }
                 if refuse != 0 {
                     refuse_request(w, client, peer_ip, &bufs.cb, scratch, refuse).await;
                     return;
@@ -199,6 +206,33 @@ async fn client_loop(
         if !keep || w.shutting_down() {
             return;
         }
+    }
+}
+
+/// The start of an HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// An empty SETTINGS frame (the server's preface), then GOAWAY with last
+/// stream 0 and HTTP_1_1_REQUIRED (0xd, RFC 9113 §7): clients such as
+/// curl then retry over HTTP/1.1.
+const H2_GOAWAY_HTTP11: &[u8] = &[
+    0, 0, 0, 4, 0, 0, 0, 0, 0, // SETTINGS, empty
+    0, 0, 8, 7, 0, 0, 0, 0, 0, // GOAWAY, 8 bytes, stream 0
+    0, 0, 0, 0, // last stream id
+    0, 0, 0, 0x0d, // HTTP_1_1_REQUIRED
+];
+
+async fn refuse_h2(w: &Rc<Worker>, client: &Rc<TcpStream>) {
+    w.stats.bad_requests_total.fetch_add(1, Relaxed);
+    w.stats.error(ErrorKind::Parse);
+    debug!("HTTP/2 preface: answered GOAWAY HTTP_1_1_REQUIRED");
+    let mut b = w.take_buf();
+    b.extend_from_slice(H2_GOAWAY_HTTP11);
+    let n = b.len();
+    let (r, b) = write_range(client, b, 0, n, Duration::from_secs(5)).await;
+    w.give_buf(b);
+    if r.is_ok() {
+        lingering_close(client).await;
     }
 }
 

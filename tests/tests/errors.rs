@@ -189,3 +189,24 @@ fn a_malformed_chunked_body_gets_400_and_drops_the_server_connection() {
         o.open_connections()
     );
 }
+
+/// An HTTP/2 client with prior knowledge gets an answer it can read: the
+/// server preface (empty SETTINGS) and GOAWAY with HTTP_1_1_REQUIRED, then
+/// an orderly close — not an HTTP/1.1 400 it would take for garbage.
+#[test]
+fn an_http2_preface_gets_goaway_http_1_1_required() {
+    let (o, k) = switch(16384);
+    let mut c = k.client();
+    c.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00");
+    let (got, closed) = c.read_until_close(Duration::from_secs(5));
+    assert!(closed, "still open after {got:?}");
+    assert_eq!(
+        got,
+        [
+            &[0u8, 0, 0, 4, 0, 0, 0, 0, 0][..],
+            &[0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0d],
+        ]
+        .concat()
+    );
+    assert_eq!(o.requests_to("/"), 0);
+}
