@@ -85,6 +85,7 @@ async fn client_loop(
     loop {
         w.current(&mut s, &mut seen);
         // 1. A whole request head.
+        let mut head_deadline: Option<std::time::Instant> = None;
         let head = loop {
             if !bufs.cb.is_empty() {
                 let ctx = ForwardCtx {
@@ -124,7 +125,18 @@ async fn client_loop(
             let limit = if idle {
                 lim.client_idle_timeout
             } else {
-                lim.client_header_timeout
+                // The whole head within `client_header_timeout` of its
+                // first byte, not per read: a client trickling a byte at a
+                // time (slowloris) cannot hold the connection for longer.
+                // (A clock read only when a head comes in pieces.)
+                let now = std::time::Instant::now();
+                let until = *head_deadline.get_or_insert(now + lim.client_header_timeout);
+                let left = until.saturating_duration_since(now);
+                if left.is_zero() {
+                    refuse_request(w, client, peer_ip, &bufs.cb, scratch, 408).await;
+                    return;
+                }
+                left
             };
             if std::mem::take(&mut fresh) {
                 // One non-blocking recv takes it without an io_uring

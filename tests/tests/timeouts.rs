@@ -27,6 +27,49 @@ fn idle_client_connection_is_closed_after_client_idle_timeout() {
     );
 }
 
+/// The header timeout bounds the whole head, not each read: a client
+/// trickling one byte every 100 ms (slowloris) is answered 408 while it is
+/// still sending its head (500 ms after the first byte; the head takes
+/// 5.7 s), not kept as long as it keeps trickling.
+#[test]
+fn a_trickled_head_is_cut_off_after_client_header_timeout_in_all() {
+    use std::io::{Read, Write};
+    let o = Origin::start("o1");
+    let mut cfg = Config::new("rr", &[o.addr()]);
+    cfg.client_header_timeout_ms = 500;
+    let k = Ktcpvs::start(&cfg);
+    let mut c = std::net::TcpStream::connect(k.addr()).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let head = b"GET /trickle HTTP/1.1\r\nHost: a\r\nX-Pad: aaaaaaaaaaaa\r\n\r\n";
+    let mut got = Vec::new();
+    let mut sent = 0;
+    for b in head {
+        if c.write_all(&[*b]).is_err() {
+            break;
+        }
+        sent += 1;
+        // Doubles as the 100 ms pause between bytes.
+        let mut buf = [0u8; 256];
+        match c.read(&mut buf) {
+            Ok(n) if n > 0 => {
+                got.extend_from_slice(&buf[..n]);
+                break;
+            }
+            Ok(_) => break,
+            Err(_) => {}
+        }
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 408"),
+        "no 408 while the head was trickling ({sent} of {} bytes sent): {:?}",
+        head.len(),
+        String::from_utf8_lossy(&got)
+    );
+    assert!(sent < head.len(), "the whole head went out first");
+    assert_eq!(o.requests(), 0);
+}
+
 #[test]
 fn slow_request_head_is_cut_off_after_client_header_timeout() {
     let o = Origin::start("o1");
