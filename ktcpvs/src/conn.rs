@@ -225,8 +225,8 @@ async fn client_loop(
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
 /// An empty SETTINGS frame (the server's preface), then GOAWAY with last
-/// stream 0 and HTTP_1_1_REQUIRED (0xd, RFC 9113 §7): clients such as
-/// curl then retry over HTTP/1.1.
+/// stream 0 and HTTP_1_1_REQUIRED (0xd, RFC 9113 §7): the client can
+/// tell why (curl: "received GOAWAY, error=13") and retry over HTTP/1.1.
 const H2_GOAWAY_HTTP11: &[u8] = &[
     0, 0, 0, 4, 0, 0, 0, 0, 0, // SETTINGS, empty
     0, 0, 8, 7, 0, 0, 0, 0, 0, // GOAWAY, 8 bytes, stream 0
@@ -238,14 +238,19 @@ async fn refuse_h2(w: &Rc<Worker>, client: &Rc<TcpStream>) {
     w.stats.bad_requests_total.fetch_add(1, Relaxed);
     w.stats.error(ErrorKind::Parse);
     debug!("HTTP/2 preface: answered GOAWAY HTTP_1_1_REQUIRED");
-    let mut b = w.take_buf();
-    b.extend_from_slice(H2_GOAWAY_HTTP11);
-    let n = b.len();
-    let (r, b) = write_range(client, b, 0, n, Duration::from_secs(5)).await;
-    w.give_buf(b);
-    if r.is_ok() {
+    if write_static(w, client, H2_GOAWAY_HTTP11).await {
         lingering_close(client).await;
     }
+}
+
+/// Writes a canned answer through a pooled buffer (5 s at most); false if
+/// the client is gone.
+async fn write_static(w: &Worker, client: &Rc<TcpStream>, bytes: &[u8]) -> bool {
+    let mut b = w.take_buf();
+    b.extend_from_slice(bytes);
+    let (r, b) = write_range(client, b, 0, bytes.len(), Duration::from_secs(5)).await;
+    w.give_buf(b);
+    r.is_ok()
 }
 
 /// A request id: worker and per-worker sequence number (`3-17`).
@@ -345,11 +350,7 @@ pub async fn reply_error(w: &Worker, client: &Rc<TcpStream>, status: u16) {
         503 => w.stats.error(ErrorKind::NoServer),
         _ => {} // 502/504: counted by cause where they arise
     }
-    let mut b = w.take_buf();
-    b.extend_from_slice(body);
-    let (r, b) = write_range(client, b, 0, body.len(), Duration::from_secs(5)).await;
-    w.give_buf(b);
-    if r.is_err() {
+    if !write_static(w, client, body).await {
         return;
     }
     let head = body

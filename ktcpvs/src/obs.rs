@@ -82,6 +82,16 @@ pub fn add_request_id(head: &[u8], out: &mut Vec<u8>, worker: usize, seq: u64) {
     let _ = write!(out, "X-Request-Id: {worker}-{seq}\r\n\r\n");
 }
 
+/// For warnings that must not flood the log: true (and `last` set to now)
+/// when `last` is unset or `every` has passed since it.
+pub fn due(last: &mut Option<std::time::Instant>, every: std::time::Duration) -> bool {
+    if last.is_some_and(|t| t.elapsed() < every) {
+        return false;
+    }
+    *last = Some(std::time::Instant::now());
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -275,10 +275,11 @@ fn warn_shortage(e: &io::Error) {
         static LAST: Cell<Option<std::time::Instant>> = const { Cell::new(None) };
     }
     LAST.with(|l| {
-        if l.get().is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-            l.set(Some(std::time::Instant::now()));
+        let mut last = l.get();
+        if crate::obs::due(&mut last, Duration::from_secs(10)) {
             warn!(error = %e, "cannot connect to a server: local resources exhausted (answering 503; the servers stay in rotation)");
         }
+        l.set(last);
     });
 }
 

@@ -421,10 +421,8 @@ async fn accept_loop(
                         s.origins.borrow_mut().clear();
                     }
                 }
-                if warned.is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(10))
-                {
+                if crate::obs::due(&mut warned, Duration::from_secs(10)) {
                     warn!(error = %e, failures = failed, service = %name, "accept failed (the connections wait in the listen queue)");
-                    warned = Some(std::time::Instant::now());
                     failed = 0;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;

@@ -288,6 +288,20 @@ fn spliced_body_is_not_held_back_while_the_sender_pauses() {
     origin.join().unwrap();
 }
 
+/// Sends a POST to `/status/401` announcing `len` body bytes but sending
+/// only `sent` of them, and reads the 401 that answers it.
+fn post_401_partly(c: &mut RawClient, len: usize, sent: usize, round: usize) -> Response {
+    let mut req = format!("POST /status/401 HTTP/1.1\r\nHost: h\r\nContent-Length: {len}\r\n\r\n")
+        .into_bytes();
+    req.extend_from_slice(&vec![b'x'; sent]);
+    c.send(&req);
+    let r = c
+        .read_response()
+        .unwrap_or_else(|e| panic!("round {round}: no answer: {e}"));
+    assert_eq!(r.status, 401, "round {round}: {r:?}");
+    r
+}
+
 /// A server that answers before the request body is all there (here a
 /// 401 to a 5 MB upload of which 100 KB were sent): the client gets the
 /// whole answer, told `Connection: close` (the rest of the body cannot be
@@ -298,14 +312,7 @@ fn an_answer_before_the_body_ends_says_close_and_is_delivered_whole() {
     let (o, k) = switch();
     for round in 0..3 {
         let mut c = k.client();
-        let mut req =
-            b"POST /status/401 HTTP/1.1\r\nHost: h\r\nContent-Length: 5000000\r\n\r\n".to_vec();
-        req.extend_from_slice(&vec![b'x'; 100_000]);
-        c.send(&req);
-        let r = c
-            .read_response()
-            .unwrap_or_else(|e| panic!("round {round}: no answer: {e}"));
-        assert_eq!(r.status, 401, "round {round}: {r:?}");
+        let r = post_401_partly(&mut c, 5_000_000, 100_000, round);
         assert!(
             r.header_has_token("connection", "close"),
             "round {round}: the switch closes after this answer but did not say so: {r:?}"
@@ -331,14 +338,7 @@ fn an_early_answer_to_a_small_body_keeps_the_client_connection() {
     let (o, k) = switch();
     let mut c = k.client();
     for round in 0..3 {
-        let mut req =
-            b"POST /status/401 HTTP/1.1\r\nHost: h\r\nContent-Length: 50000\r\n\r\n".to_vec();
-        req.extend_from_slice(&vec![b'x'; 10_000]);
-        c.send(&req);
-        let r = c
-            .read_response()
-            .unwrap_or_else(|e| panic!("round {round}: no answer: {e}"));
-        assert_eq!(r.status, 401, "round {round}: {r:?}");
+        let r = post_401_partly(&mut c, 50_000, 10_000, round);
         assert!(
             !r.header_has_token("connection", "close"),
             "round {round}: a small unread rest closed the connection: {r:?}"
