@@ -101,48 +101,92 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
     let mut stats = Vec::new();
     let mut handles = Vec::new();
     let mut first: Option<PacketSocket> = None;
-    for i in 0..workers {
-        let sock_err = |source| RunError::Socket {
+    // AF_XDP (director.xdp): one socket per receive queue takes the VIP
+    // traffic; a packet-socket worker takes what the program passes on
+    // (ARP, NAT replies). Anything refused: the packet-socket workers.
+    let xdp = if cfg.director.xdp {
+        start_xdp(&iface, ifindex, workers, &shared)
+            .map_err(
+                |e| tracing::warn!(error = %e, "AF_XDP data path refused; using packet sockets"),
+            )
+            .ok()
+    } else {
+        None
+    };
+    let steering = if let Some((steer, socks)) = xdp {
+        let n = socks.len();
+        for (i, sock) in socks.into_iter().enumerate() {
+            let st = Arc::new(WorkerStats::new(&shared.shape()));
+            stats.push(st.clone());
+            let proc = Processor::new(shared.clone(), st);
+            let (c, s) = (clock.clone(), stop.clone());
+            let h = std::thread::Builder::new()
+                .name(format!("l4-xdp-{i}"))
+                .spawn(move || crate::datapath::xdp::run(sock, proc, c, s))
+                .map_err(RunError::Spawn)?;
+            handles.push(h);
+        }
+        first = PacketSocket::open_tx(&iface).ok();
+        let sock = PacketSocket::open(&iface, Some(group)).map_err(|source| RunError::Socket {
             iface: iface.clone(),
             source,
-        };
-        // TPACKET_V3 ring unless disabled or refused: 8 blocks of 1 MiB.
-        // A block is handed over when full or after 1 ms, so the number of
-        // blocks, not their size, bounds how long the worker may fall
-        // behind before the kernel drops.
-        let ring = optional_ring(cfg.director.rx_ring, "TPACKET_V3 ring", "recvmmsg", || {
-            PacketSocket::open_ring(&iface, Some(group), 1 << 20, 8)
-        });
-        if first.is_none() {
-            // A send-only socket for the control plane (ARP): it receives
-            // nothing, so frames are not cloned into it.
-            first = PacketSocket::open_tx(&iface).ok();
-        }
-        // TPACKET_V2 transmit ring unless disabled or refused: 1,024 slots
-        // of 2 KiB (a standard frame plus the slot header).
-        let txr = optional_ring(
-            cfg.director.tx_ring,
-            "TPACKET_V2 transmit ring",
-            "sendmmsg",
-            || crate::datapath::txring::TxRing::open(ifindex, 1024, 2048),
-        );
+        })?;
         let st = Arc::new(WorkerStats::new(&shared.shape()));
         stats.push(st.clone());
         let proc = Processor::new(shared.clone(), st);
         let (c, s) = (clock.clone(), stop.clone());
-        let builder = std::thread::Builder::new().name(format!("l4-worker-{i}"));
-        let h = match ring {
-            Some((sock, ring)) => {
-                builder.spawn(move || worker::run_ring(sock, ring, txr, proc, c, s))
-            }
-            None => {
-                let sock = PacketSocket::open(&iface, Some(group)).map_err(sock_err)?;
-                builder.spawn(move || worker::run(sock, txr, proc, c, s))
-            }
-        }
-        .map_err(RunError::Spawn)?;
+        let h = std::thread::Builder::new()
+            .name("l4-slow".into())
+            .spawn(move || worker::run(sock, None, proc, c, s))
+            .map_err(RunError::Spawn)?;
         handles.push(h);
-    }
+        tracing::info!(mode = steer.mode, sockets = n, "AF_XDP data path");
+        Some(steer)
+    } else {
+        for i in 0..workers {
+            let sock_err = |source| RunError::Socket {
+                iface: iface.clone(),
+                source,
+            };
+            // TPACKET_V3 ring unless disabled or refused: 8 blocks of 1 MiB.
+            // A block is handed over when full or after 1 ms, so the number of
+            // blocks, not their size, bounds how long the worker may fall
+            // behind before the kernel drops.
+            let ring = optional_ring(cfg.director.rx_ring, "TPACKET_V3 ring", "recvmmsg", || {
+                PacketSocket::open_ring(&iface, Some(group), 1 << 20, 8)
+            });
+            if first.is_none() {
+                // A send-only socket for the control plane (ARP): it receives
+                // nothing, so frames are not cloned into it.
+                first = PacketSocket::open_tx(&iface).ok();
+            }
+            // TPACKET_V2 transmit ring unless disabled or refused: 1,024 slots
+            // of 2 KiB (a standard frame plus the slot header).
+            let txr = optional_ring(
+                cfg.director.tx_ring,
+                "TPACKET_V2 transmit ring",
+                "sendmmsg",
+                || crate::datapath::txring::TxRing::open(ifindex, 1024, 2048),
+            );
+            let st = Arc::new(WorkerStats::new(&shared.shape()));
+            stats.push(st.clone());
+            let proc = Processor::new(shared.clone(), st);
+            let (c, s) = (clock.clone(), stop.clone());
+            let builder = std::thread::Builder::new().name(format!("l4-worker-{i}"));
+            let h = match ring {
+                Some((sock, ring)) => {
+                    builder.spawn(move || worker::run_ring(sock, ring, txr, proc, c, s))
+                }
+                None => {
+                    let sock = PacketSocket::open(&iface, Some(group)).map_err(sock_err)?;
+                    builder.spawn(move || worker::run(sock, txr, proc, c, s))
+                }
+            }
+            .map_err(RunError::Spawn)?;
+            handles.push(h);
+        }
+        None
+    };
     let health = {
         let (sh, st) = (shared.clone(), stop.clone());
         std::thread::Builder::new()
@@ -177,6 +221,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
         workers,
         rx_ring = cfg.director.rx_ring,
         tx_ring = cfg.director.tx_ring,
+        xdp = steering.as_ref().map_or("off", |s| s.mode),
         services = shared.services().list.len(),
         "l4-front running"
     );
@@ -333,6 +378,11 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
                     tracing::warn!(error = %e, "updating the nftables ingress rule");
                 }
             }
+            if let Some(st) = &steering {
+                if let Err(e) = st.set_vips(&vip_list(&shared)) {
+                    tracing::warn!(error = %e, "updating the XDP program's VIP map");
+                }
+            }
             if let (Some(s), true) = (&first, shared.answer_arp) {
                 if shared.active.load(Ordering::Relaxed) {
                     announce(s, &shared);
@@ -368,6 +418,42 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
     write_stats(&cfg, &rates, &shared, &stats);
     tracing::info!("l4-front stopped");
     Ok(())
+}
+
+/// Every VIP, for the XDP program's map.
+fn vip_list(shared: &Shared) -> Vec<u32> {
+    shared.services().vips.iter().copied().collect()
+}
+
+/// Attaches the XDP program to `iface` and opens one AF_XDP socket per
+/// receive queue, at most `workers`, each registered in the program's map.
+fn start_xdp(
+    iface: &str,
+    ifindex: u32,
+    workers: usize,
+    shared: &Shared,
+) -> std::io::Result<(
+    crate::datapath::xdp::Steering,
+    Vec<crate::datapath::xdp::XdpSocket>,
+)> {
+    use crate::datapath::xdp;
+    let queues = xdp::rx_queues(iface);
+    if (queues as usize) < workers {
+        tracing::warn!(
+            queues,
+            workers,
+            "fewer receive queues than workers: one AF_XDP worker per queue"
+        );
+    }
+    let steer = xdp::Steering::attach(ifindex, queues)?;
+    let mut socks = Vec::new();
+    for q in 0..queues.min(workers as u32) {
+        let s = xdp::XdpSocket::open(ifindex, q)?;
+        steer.register(q, &s)?;
+        socks.push(s);
+    }
+    steer.set_vips(&vip_list(shared))?;
+    Ok((steer, socks))
 }
 
 /// <VIP, protocol, port> of every live service: the kernel's share of

@@ -27,10 +27,12 @@ pub enum Counter {
     /// Frames the kernel dropped because the worker's socket or ring was
     /// full (PACKET_STATISTICS): the director fell behind.
     RxDropped,
+    /// Frames received through an AF_XDP socket (`director.xdp`).
+    XdpRxFrames,
 }
 
 impl Counter {
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 13;
     pub const ALL: [Counter; Self::COUNT] = [
         Self::RxFrames,
         Self::RxBytes,
@@ -44,6 +46,7 @@ impl Counter {
         Self::ChecksumsCompleted,
         Self::NatReplies,
         Self::RxDropped,
+        Self::XdpRxFrames,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -59,6 +62,7 @@ impl Counter {
             Self::ChecksumsCompleted => "checksums_completed",
             Self::NatReplies => "nat_replies",
             Self::RxDropped => "rx_dropped",
+            Self::XdpRxFrames => "xdp_rx_frames",
         }
     }
 }

@@ -3,9 +3,10 @@
 //! real server that drops them (nftables netdev ingress). The director's
 //! forwarding rate is read from its port's `tx_packets`, first with the
 //! director's own kernel forwarding (ip_forward=1, packets addressed to the
-//! real server), then with `l4-front` (one worker) in DR and in TUN.
+//! real server), then with `l4-front` (one worker) in DR and in TUN, through
+//! its packet sockets and through AF_XDP (`director.xdp`).
 //!
-//! Ignored by default (it saturates both cores for ~10 s); run it with
+//! Ignored by default (it saturates both cores for ~1.5 min); run it with
 //! `cargo test --release -p l4-front --test bench_synflood -- --ignored --nocapture`.
 
 mod common;
@@ -178,7 +179,8 @@ fn synflood_director_vs_kernel_forwarding() {
     lab.sysctl("dir", "net.ipv4.conf.d0.rp_filter=0");
     // SYNFLOOD_PATHS=dr,tun skips the kernel's sweep (its figure is then
     // 0 and the ratios meaningless): for quick looks while tuning.
-    let paths = std::env::var("SYNFLOOD_PATHS").unwrap_or_else(|_| "kernel,dr,tun".into());
+    let paths =
+        std::env::var("SYNFLOOD_PATHS").unwrap_or_else(|_| "kernel,dr,tun,dr-xdp,tun-xdp".into());
     let (kg, kernel) = if paths.contains("kernel") {
         sweep(&lab, "kernel", "10.201.2.11")
     } else {
@@ -191,21 +193,25 @@ fn synflood_director_vs_kernel_forwarding() {
     // (director.tx_ring = false), for a side-by-side of the two.
     // `dr-nodrop`: DR without the nftables ingress drop (director.kernel_drop
     // = false), the host's kernel then routing and dropping each frame.
-    for name in ["dr", "tun", "dr-mmsg", "dr-nodrop"] {
+    // `dr-xdp`, `tun-xdp`: the AF_XDP data path (director.xdp = true).
+    for name in ["dr", "tun", "dr-mmsg", "dr-nodrop", "dr-xdp", "tun-xdp"] {
         if !paths.split(',').any(|p| p.trim() == name) {
             continue;
         }
-        let (method, tx_ring, kernel_drop) = match name {
-            "dr-mmsg" => ("dr", false, true),
-            "dr-nodrop" => ("dr", true, false),
-            m => (m, true, true),
+        let (method, tx_ring, kernel_drop, xdp) = match name {
+            "dr-mmsg" => ("dr", false, true, false),
+            "dr-nodrop" => ("dr", true, false, false),
+            "dr-xdp" => ("dr", true, true, true),
+            "tun-xdp" => ("tun", true, true, true),
+            m => (m, true, true, false),
         };
         let cfg = lab.dir.join(format!("{name}.toml"));
         std::fs::write(
             &cfg,
             format!(
                 "[director]\ninterface = \"d0\"\nworkers = 1\nstats_file = \"{}\"\n\
-                 tx_ring = {tx_ring}\nkernel_drop = {kernel_drop}\n\
+                 tx_ring = {tx_ring}\nkernel_drop = {kernel_drop}\nxdp = {xdp}\n\
+                 [timeouts]\ntcp_syn = 5\n\
                  [[service]]\nvip = \"{VIP}\"\nport = 80\nscheduler = \"rr\"\n\
                  [[service.real_server]]\naddress = \"10.201.2.11\"\nmethod = \"{method}\"\n",
                 lab.dir.join(format!("{name}.stats")).display()
@@ -226,12 +232,41 @@ fn synflood_director_vs_kernel_forwarding() {
             &[],
         );
         lab.wait_for_file(&lab.dir.join(format!("{name}.stats")), "l4-front", name);
+        if xdp {
+            // With an XDP program attached the veth receives in NAPI, which
+            // runs on the sending CPU (the generator's): threaded NAPI, its
+            // thread pinned to CPU 0, keeps that work on CPU 0 as RPS does
+            // for the other paths. Interrupt coalescing as a NIC has it
+            // (`ethtool -C rx-usecs`): after a poll the NAPI waits up to
+            // 500 µs instead of being woken per frame — without it the
+            // NAPI thread and the worker switch in and out of CPU 0 per
+            // batch (~238 kpps instead of ~290 kpps here; 200 µs gave ~260,
+            // 1 ms overflows the veth's 256-frame ring).
+            // XDP_THREADED, XDP_DEFER, XDP_FLUSH (ns) override.
+            let pinned = lab.output(
+                "dir",
+                &[
+                    "sh",
+                    "-c",
+                    "echo ${XDP_THREADED:-1} > /sys/class/net/d0/threaded; \
+                     echo ${XDP_DEFER:-2} > /sys/class/net/d0/napi_defer_hard_irqs; \
+                     echo ${XDP_FLUSH:-500000} > /sys/class/net/d0/gro_flush_timeout; sleep 0.2; \
+                     for p in $(pgrep '^napi/d0-'); do taskset -p 1 $p >/dev/null && echo $p; done",
+                ],
+            );
+            eprintln!(
+                "  {name}: NAPI threads pinned to CPU 0: {}",
+                pinned.split_whitespace().count()
+            );
+        }
         let (g, f) = sweep(&lab, name, VIP);
         results.push((
             match name {
                 "dr" => "l4-front DR",
                 "tun" => "l4-front TUN",
                 "dr-mmsg" => "l4-front DR sendmmsg",
+                "dr-xdp" => "l4-front DR AF_XDP",
+                "tun-xdp" => "l4-front TUN AF_XDP",
                 _ => "l4-front DR no drop",
             },
             g,

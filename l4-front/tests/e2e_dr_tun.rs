@@ -32,10 +32,16 @@ fn director_config(
     p
 }
 
-fn run_case(method: &str) {
+/// Turns the AF_XDP data path on in a written configuration.
+fn with_xdp(cfg: &std::path::Path) {
+    let t = std::fs::read_to_string(cfg).unwrap();
+    std::fs::write(cfg, t.replace("[director]\n", "[director]\nxdp = true\n")).unwrap();
+}
+
+fn run_case(method: &str, xdp: bool) {
     let nat = method == "nat";
     let rport = if nat { 8080 } else { 80 };
-    let mut lab = Lab::new(&method[..1]);
+    let mut lab = Lab::new(&format!("{}{}", &method[..1], if xdp { "x" } else { "" }));
     lab.build_with(2, nat);
     for i in 1..=2 {
         let role = format!("rs{i}");
@@ -50,7 +56,9 @@ fn run_case(method: &str) {
         }
     }
     let cfg = director_config(&lab, method, 2, rport, "");
-    if nat {
+    if xdp {
+        with_xdp(&cfg);
+    } else if nat {
         // Exercise the recvmmsg receive path too (the others use the ring).
         let t = std::fs::read_to_string(&cfg).unwrap();
         std::fs::write(
@@ -72,6 +80,9 @@ fn run_case(method: &str) {
     );
     let stats_path = lab.dir.join("stats");
     lab.wait_for_file(&stats_path, "l4-front", "l4-front");
+    if xdp {
+        skip_unless_xdp!(lab, "l4-front");
+    }
     if method == "tun" {
         // Let the decapsulators open their sockets.
         std::thread::sleep(Duration::from_millis(300));
@@ -100,7 +111,10 @@ fn run_case(method: &str) {
     eprintln!(
         "{method}: director port saw {to_vip} frames to the VIP, {from_vip} from it; stats {st:?}"
     );
-    assert!(to_vip >= 6, "requests must reach the director ({to_vip})");
+    // With AF_XDP the program takes VIP frames before the packet taps.
+    if !xdp {
+        assert!(to_vip >= 6, "requests must reach the director ({to_vip})");
+    }
     if nat {
         // Replies come back through the director, rewritten to the VIP.
         assert!(st.get("nat_replies").copied().unwrap_or(0) >= 4, "{st:?}");
@@ -110,6 +124,13 @@ fn run_case(method: &str) {
     }
     assert!(st.get("tx_frames").copied().unwrap_or(0) >= 6, "{st:?}");
     assert!(st.get("arp_replies").copied().unwrap_or(0) >= 1, "{st:?}");
+    let via_xdp = st.get("xdp_rx_frames").copied().unwrap_or(0);
+    if xdp {
+        // Every client frame to the VIP came through the AF_XDP socket.
+        assert!(via_xdp >= 6, "{st:?}\n{}", lab.log("l4-front"));
+    } else {
+        assert_eq!(via_xdp, 0, "{st:?}");
+    }
     assert_eq!(
         st.get("service.10.201.2.100:80/tcp.conns"),
         Some(&2),
@@ -120,19 +141,39 @@ fn run_case(method: &str) {
 #[test]
 fn dr_http_through_director_replies_bypass() {
     skip_unless_lab!();
-    run_case("dr");
+    run_case("dr", false);
 }
 
 #[test]
 fn tun_http_through_director_replies_bypass() {
     skip_unless_lab!();
-    run_case("tun");
+    run_case("tun", false);
 }
 
 #[test]
 fn nat_http_through_director_both_ways() {
     skip_unless_lab!();
-    run_case("nat");
+    run_case("nat", false);
+}
+
+#[test]
+fn dr_http_through_af_xdp() {
+    skip_unless_lab!();
+    run_case("dr", true);
+}
+
+#[test]
+fn tun_http_through_af_xdp() {
+    skip_unless_lab!();
+    run_case("tun", true);
+}
+
+/// NAT with AF_XDP: requests come through the socket, the real servers'
+/// replies (not addressed to a VIP) through the packet-socket worker.
+#[test]
+fn nat_http_through_af_xdp_and_packet_socket() {
+    skip_unless_lab!();
+    run_case("nat", true);
 }
 
 /// Health checks (HTTP): a real server whose service stops is taken out
@@ -267,12 +308,25 @@ fn dr_l4adm_list_and_drain() {
 #[test]
 fn dr_icmp_frag_needed_relayed_download_completes() {
     skip_unless_lab!();
-    let mut lab = Lab::new("i");
+    icmp_relay_case(false);
+}
+
+#[test]
+fn dr_icmp_frag_needed_relayed_through_af_xdp() {
+    skip_unless_lab!();
+    icmp_relay_case(true);
+}
+
+fn icmp_relay_case(xdp: bool) {
+    let mut lab = Lab::new(if xdp { "ix" } else { "i" });
     lab.build(1);
     lab.run("rt", &["ip", "link", "set", "r0", "mtu", "1200"]);
     let body: String = "0123456789abcdef".repeat(200_000 / 16);
     lab.http_server("rs1", &body);
     let cfg = director_config(&lab, "dr", 1, 80, "");
+    if xdp {
+        with_xdp(&cfg);
+    }
     lab.spawn(
         "dir",
         "l4-front",
@@ -285,12 +339,20 @@ fn dr_icmp_frag_needed_relayed_download_completes() {
     );
     let stats_path = lab.dir.join("stats");
     lab.wait_for_file(&stats_path, "l4-front", "l4-front");
+    if xdp {
+        skip_unless_xdp!(lab, "l4-front");
+    }
     let r = http_get(&lab.ns("cl"), format!("{VIP}:80").parse().unwrap())
         .unwrap_or_else(|e| panic!("download: {e}\n{:?}", stats(&stats_path)));
     assert!(r.ends_with(&body), "download incomplete: {} bytes", r.len());
     std::thread::sleep(Duration::from_millis(250));
     let st = stats(&stats_path);
     assert!(st.get("icmp_relayed").copied().unwrap_or(0) >= 1, "{st:?}");
+    assert_eq!(
+        st.get("xdp_rx_frames").copied().unwrap_or(0) > 0,
+        xdp,
+        "{st:?}"
+    );
 }
 
 /// VS/TUN and the 20-byte outer header: a 300 kB upload in full-size
@@ -300,7 +362,17 @@ fn dr_icmp_frag_needed_relayed_download_completes() {
 #[test]
 fn tun_large_upload_gets_frag_needed_and_completes() {
     skip_unless_lab!();
-    let mut lab = Lab::new("u");
+    tun_upload_case(false);
+}
+
+#[test]
+fn tun_large_upload_gets_frag_needed_through_af_xdp() {
+    skip_unless_lab!();
+    tun_upload_case(true);
+}
+
+fn tun_upload_case(xdp: bool) {
+    let mut lab = Lab::new(if xdp { "ux" } else { "u" });
     lab.build(1);
     lab.http_server("rs1", "done\n");
     lab.spawn(
@@ -310,6 +382,9 @@ fn tun_large_upload_gets_frag_needed_and_completes() {
         &[],
     );
     let cfg = director_config(&lab, "tun", 1, 80, "");
+    if xdp {
+        with_xdp(&cfg);
+    }
     lab.spawn(
         "dir",
         "l4-front",
@@ -322,6 +397,9 @@ fn tun_large_upload_gets_frag_needed_and_completes() {
     );
     let stats_path = lab.dir.join("stats");
     lab.wait_for_file(&stats_path, "l4-front", "l4-front");
+    if xdp {
+        skip_unless_xdp!(lab, "l4-front");
+    }
     std::thread::sleep(Duration::from_millis(300));
     let size = 300_000;
     let r = common::http_post(&lab.ns("cl"), format!("{VIP}:80").parse().unwrap(), size)
@@ -331,6 +409,11 @@ fn tun_large_upload_gets_frag_needed_and_completes() {
     let st = stats(&stats_path);
     assert!(
         st.get("frag_needed_sent").copied().unwrap_or(0) >= 1,
+        "{st:?}"
+    );
+    assert_eq!(
+        st.get("xdp_rx_frames").copied().unwrap_or(0) > 0,
+        xdp,
         "{st:?}"
     );
 }

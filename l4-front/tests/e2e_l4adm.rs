@@ -160,3 +160,87 @@ fn l4adm_changes_the_running_director_without_breaking_connections() {
     wait_set("10.201.2.100 . tcp . 8080", false);
     wait_set("10.201.2.100 . tcp . 80", true);
 }
+
+/// With the AF_XDP data path, a VIP added at run time is steered to the
+/// sockets too (the program's VIP map follows `l4adm`): a request to the
+/// new VIP is answered and counted as received through AF_XDP.
+#[test]
+fn l4adm_new_vip_is_steered_through_af_xdp() {
+    skip_unless_lab!();
+    let mut lab = Lab::new("mx");
+    lab.build(1);
+    lab.http_server_on("rs1", 80, "hello from rs1\n");
+    // The real server accepts the second VIP too (DR: on its loopback).
+    lab.run(
+        "rs1",
+        &["ip", "addr", "add", "10.201.2.101/32", "dev", "lo"],
+    );
+    let sock = lab.dir.join("ctl.sock");
+    let cfg = lab.dir.join("l4-front.toml");
+    let stats_path = lab.dir.join("stats");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[director]\ninterface = \"d0\"\nworkers = 1\nxdp = true\ncontrol_socket = \"{}\"\n\
+             stats_file = \"{}\"\nstats_interval_ms = 100\n\n\
+             [[service]]\nvip = \"{VIP}\"\nport = 80\nscheduler = \"rr\"\n\
+             [[service.real_server]]\naddress = \"10.201.2.11\"\n",
+            sock.display(),
+            stats_path.display()
+        ),
+    )
+    .unwrap();
+    lab.spawn(
+        "dir",
+        "l4-front",
+        &[
+            env!("CARGO_BIN_EXE_l4-front"),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        &[],
+    );
+    lab.wait_for_file(&stats_path, "l4-front", "l4-front");
+    lab.wait_for_file(&sock, "control socket", "l4-front");
+    skip_unless_xdp!(lab, "l4-front");
+    let l4adm = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_l4adm"))
+            .arg("--socket")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .expect("l4adm");
+        assert!(
+            o.status.success(),
+            "l4adm {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let xdp_frames = || {
+        std::thread::sleep(Duration::from_millis(250));
+        common::stats(&stats_path)
+            .get("xdp_rx_frames")
+            .copied()
+            .unwrap_or(0)
+    };
+    let r = http_get(&lab.ns("cl"), format!("{VIP}:80").parse().unwrap()).expect("first VIP");
+    assert!(r.ends_with("hello from rs1\n"), "{r}");
+    let before = xdp_frames();
+    assert!(before >= 3, "first VIP not through AF_XDP: {before}");
+
+    l4adm(&["-A", "-t", "10.201.2.101:80", "-s", "rr"]);
+    l4adm(&["-a", "-t", "10.201.2.101:80", "-r", "10.201.2.11", "-g"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let r = http_get(&lab.ns("cl"), "10.201.2.101:80".parse().unwrap()).unwrap_or_else(|e| {
+        panic!(
+            "request to the VIP added at run time: {e}\n{}",
+            lab.log("l4-front")
+        )
+    });
+    assert!(r.ends_with("hello from rs1\n"), "{r}");
+    let after = xdp_frames();
+    assert!(
+        after >= before + 3,
+        "new VIP not through AF_XDP: {before} → {after}"
+    );
+}

@@ -164,6 +164,9 @@ pub struct Director {
     /// Install an nftables netdev-ingress rule that drops VIP traffic in
     /// this host's kernel once the workers' packet sockets have seen it.
     pub kernel_drop: bool,
+    /// Receive VIP traffic through AF_XDP sockets fed by an XDP program
+    /// (`datapath::xdp`) instead of the packet sockets' rings.
+    pub xdp: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -294,6 +297,7 @@ impl Config {
             rx_ring: d.rx_ring.unwrap_or(true),
             tx_ring: d.tx_ring.unwrap_or(true),
             kernel_drop: d.kernel_drop.unwrap_or(true),
+            xdp: d.xdp.unwrap_or(false),
         };
 
         let t = raw.timeouts.unwrap_or_default();

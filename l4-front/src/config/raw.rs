@@ -54,6 +54,7 @@ pub struct Director {
     pub rx_ring: Option<bool>,
     pub tx_ring: Option<bool>,
     pub kernel_drop: Option<bool>,
+    pub xdp: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -7,5 +7,6 @@ pub mod process;
 pub mod ring;
 pub mod txring;
 pub mod worker;
+pub mod xdp;
 
 pub use process::{Processor, Verdict};

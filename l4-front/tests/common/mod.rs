@@ -72,6 +72,36 @@ macro_rules! skip_unless_lab {
     };
 }
 
+/// Why the AF_XDP path could not start on this machine (the kernel lacks
+/// BPF or AF_XDP, or forbids them), read from the director's log; `None`
+/// when it started or failed for another reason (a program the verifier
+/// rejects is a defect, not a reason to skip).
+pub fn xdp_unavailable(log: &str) -> Option<String> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("AF_XDP data path refused"))?;
+    [
+        "Operation not permitted",
+        "Function not implemented",
+        "not supported",
+    ]
+    .iter()
+    .any(|m| line.contains(m))
+    .then(|| line.to_string())
+}
+
+/// Returns from the test (printing why) when the AF_XDP path could not
+/// start on this machine.
+#[macro_export]
+macro_rules! skip_unless_xdp {
+    ($lab:expr, $log:expr) => {
+        if let Some(why) = common::xdp_unavailable(&$lab.log($log)) {
+            eprintln!("SKIPPED: AF_XDP unavailable here: {why}");
+            return;
+        }
+    };
+}
+
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 pub struct Lab {

@@ -7,6 +7,7 @@
 //! `max_connections` (counted as `table_full` drops), which is what keeps a
 //! SYN flood from random sources from growing the director without bound.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -291,70 +292,81 @@ impl ConnTable {
     ) -> Result<Hit, DropReason> {
         let mut guard = lock(self.shard(&key));
         let sh = &mut *guard;
-        if let Some(&id) = sh.map.get(&key) {
-            let Some(c) = sh.conns.get_mut(id as usize) else {
-                return Err(DropReason::NoConnection);
-            };
-            let old = c.state;
-            let secure = self.secure.load(Ordering::Relaxed);
-            let next = (c.seq_next != 0).then_some(c.seq_next);
-            let stepped = match ev {
-                Event::Tcp(flags) if secure => tcp_next_secure(
-                    old,
-                    Segment {
-                        flags,
-                        seq: 0,
-                        len: 0,
-                    },
-                    None,
-                ),
-                Event::Tcp(flags) => Some(tcp_next(old, flags)),
-                Event::TcpSeq(seg) if secure => tcp_next_secure(old, seg, next),
-                Event::TcpSeq(seg) => Some(tcp_next(old, seg.flags)),
-                Event::Udp => Some(ConnState::Udp),
-            };
-            let target = c.target();
-            let Some(new) = stepped else {
-                // secure_tcp: not a valid step. Forwarded (the real server
-                // judges it), but the entry keeps its state and deadline.
+        // One probe of the map for both outcomes: a miss keeps the vacant
+        // slot for the insert below (a SYN flood is all misses).
+        let slot = match sh.map.entry(key) {
+            Entry::Occupied(o) => Ok(*o.get()),
+            Entry::Vacant(v) => Err(v),
+        };
+        let vacant = match slot {
+            Err(v) => v,
+            Ok(id) => {
+                let Some(c) = sh.conns.get_mut(id as usize) else {
+                    return Err(DropReason::NoConnection);
+                };
+                let old = c.state;
+                let secure = self.secure.load(Ordering::Relaxed);
+                let next = (c.seq_next != 0).then_some(c.seq_next);
+                let stepped = match ev {
+                    Event::Tcp(flags) if secure => tcp_next_secure(
+                        old,
+                        Segment {
+                            flags,
+                            seq: 0,
+                            len: 0,
+                        },
+                        None,
+                    ),
+                    Event::Tcp(flags) => Some(tcp_next(old, flags)),
+                    Event::TcpSeq(seg) if secure => tcp_next_secure(old, seg, next),
+                    Event::TcpSeq(seg) => Some(tcp_next(old, seg.flags)),
+                    Event::Udp => Some(ConnState::Udp),
+                };
+                let target = c.target();
+                let Some(new) = stepped else {
+                    // secure_tcp: not a valid step. Forwarded (the real server
+                    // judges it), but the entry keeps its state and deadline.
+                    return Ok(Hit {
+                        target,
+                        created: false,
+                        old: Some(old),
+                        new: old,
+                    });
+                };
+                if let Event::TcpSeq(seg) = ev {
+                    // Track the client's sequence (always, so secure_tcp can
+                    // start at any time); a new SYN resets it.
+                    let end = seg.end();
+                    if c.seq_next == 0
+                        || (new == ConnState::SynRecv && old != ConnState::SynRecv)
+                        || (end.wrapping_sub(c.seq_next) as i32) > 0
+                    {
+                        c.seq_next = end;
+                    }
+                }
+                c.state = new;
+                let expires = now.saturating_add(self.timeout_of(new));
+                c.expires = expires;
+                if old != new
+                    && self.sync.load(Ordering::Relaxed)
+                    && sh.sync_out.len() < SYNC_QUEUE_MAX
+                {
+                    sh.sync_out.push(*c);
+                }
+                // Lazy refresh: only move the timer when the deadline shortens
+                // (e.g. ESTABLISHED → FIN_WAIT); a later deadline is picked up
+                // when the old one fires.
+                if !matches!(sh.wheel.when(id), Some(w) if (expires as u64) >= w) {
+                    sh.wheel.schedule(id, expires as u64);
+                }
                 return Ok(Hit {
                     target,
                     created: false,
                     old: Some(old),
-                    new: old,
+                    new,
                 });
-            };
-            if let Event::TcpSeq(seg) = ev {
-                // Track the client's sequence (always, so secure_tcp can
-                // start at any time); a new SYN resets it.
-                let end = seg.end();
-                if c.seq_next == 0
-                    || (new == ConnState::SynRecv && old != ConnState::SynRecv)
-                    || (end.wrapping_sub(c.seq_next) as i32) > 0
-                {
-                    c.seq_next = end;
-                }
             }
-            c.state = new;
-            let expires = now.saturating_add(self.timeout_of(new));
-            c.expires = expires;
-            if old != new && self.sync.load(Ordering::Relaxed) && sh.sync_out.len() < SYNC_QUEUE_MAX
-            {
-                sh.sync_out.push(*c);
-            }
-            // Lazy refresh: only move the timer when the deadline shortens
-            // (e.g. ESTABLISHED → FIN_WAIT); a later deadline is picked up
-            // when the old one fires.
-            if !matches!(sh.wheel.when(id), Some(w) if (expires as u64) >= w) {
-                sh.wheel.schedule(id, expires as u64);
-            }
-            return Ok(Hit {
-                target,
-                created: false,
-                old: Some(old),
-                new,
-            });
-        }
+        };
         let state = match ev {
             Event::Tcp(flags) if tcp_may_create(flags) => ConnState::SynRecv,
             Event::TcpSeq(seg) if tcp_may_create(seg.flags) => ConnState::SynRecv,
@@ -386,7 +398,7 @@ impl ConnTable {
             },
         };
         let id = sh.conns.insert(conn) as u32;
-        sh.map.insert(key, id);
+        vacant.insert(id);
         sh.wheel.schedule(id, expires as u64);
         if self.sync.load(Ordering::Relaxed) && sh.sync_out.len() < SYNC_QUEUE_MAX {
             sh.sync_out.push(conn);
