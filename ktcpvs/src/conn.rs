@@ -94,9 +94,13 @@ async fn client_loop(
                     default_host: &s.default_host,
                 };
                 let refuse = match request::parse(&bufs.cb, lim.max_headers, &ctx, &mut bufs.out) {
-                    Ok(Some(h)) if h.head_len > lim.max_header_bytes => 431,
+                    Ok(Some(h)) if h.head_len > lim.max_header_bytes => {
+                        too_large(&bufs.cb, lim.max_header_bytes)
+                    }
                     Ok(Some(h)) => break h,
-                    Ok(None) if bufs.cb.len() >= lim.max_header_bytes => 431,
+                    Ok(None) if bufs.cb.len() >= lim.max_header_bytes => {
+                        too_large(&bufs.cb, lim.max_header_bytes)
+                    }
                     Ok(None) => 0,
                     Err(e) => {
                         debug!(%peer, error = %e, "refusing request");
@@ -328,6 +332,15 @@ fn end_request(
     }
 }
 
+/// The answer to a head over `limit` bytes: 414 when the request line
+/// alone is (the URI, as nginx and HAProxy answer), else 431.
+fn too_large(head: &[u8], limit: usize) -> u16 {
+    match head.iter().take(limit).position(|&b| b == b'\n') {
+        None => 414,
+        Some(_) => 431,
+    }
+}
+
 /// A canned error response, then a lingering close: the write side is shut
 /// and unread input drained briefly, so the client is not sent a reset
 /// that could destroy the response before it reads it.
@@ -337,6 +350,7 @@ pub async fn reply_error(w: &Worker, client: &Rc<TcpStream>, status: u16) {
         408 => (&w.stats.bad_requests_total, b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nrequest timeout\n"),
         417 => (&w.stats.bad_requests_total, b"HTTP/1.1 417 Expectation Failed\r\nContent-Type: text/plain\r\nContent-Length: 19\r\nConnection: close\r\n\r\nexpectation failed\n"),
         431 => (&w.stats.header_too_large_total, b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 32\r\nConnection: close\r\n\r\nrequest header fields too large\n"),
+        414 => (&w.stats.header_too_large_total, b"HTTP/1.1 414 URI Too Long\r\nContent-Type: text/plain\r\nContent-Length: 13\r\nConnection: close\r\n\r\nuri too long\n"),
         501 => (&w.stats.bad_requests_total, b"HTTP/1.1 501 Not Implemented\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nnot implemented\n"),
         503 => (&w.stats.no_server_total, b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 20\r\nConnection: close\r\nRetry-After: 1\r\n\r\nno server available\n"),
         504 => (&w.stats.bad_gateway_total, b"HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\ngateway timeout\n"),
@@ -346,7 +360,7 @@ pub async fn reply_error(w: &Worker, client: &Rc<TcpStream>, status: u16) {
     match status {
         400 | 417 | 501 => w.stats.error(ErrorKind::Parse),
         408 => w.stats.error(ErrorKind::HeaderTimeout),
-        431 => w.stats.error(ErrorKind::TooLarge),
+        414 | 431 => w.stats.error(ErrorKind::TooLarge),
         503 => w.stats.error(ErrorKind::NoServer),
         _ => {} // 502/504: counted by cause where they arise
     }

@@ -54,7 +54,7 @@ counters! {
     requests_total: "Requests forwarded to a real server.",
     responses_total: "Responses relayed completely to clients.",
     bad_requests_total: "Requests refused with 400/417/501 (malformed, ambiguous or unsupported).",
-    header_too_large_total: "Requests refused with 431.",
+    header_too_large_total: "Requests refused with 431 (header block too large) or 414 (URI too long).",
     no_server_total: "Requests answered 503: no server available.",
     bad_gateway_total: "Requests answered 502 or 504 (server failed before responding).",
     server_connect_errors_total: "Failed connections to real servers.",
@@ -100,7 +100,7 @@ pub enum ErrorKind {
     ClientAbort,
     /// A malformed or unsupported request (400, 417, 501).
     Parse,
-    /// A request head over the limits (431).
+    /// A request head over the limits (431, or 414 for the request line).
     TooLarge,
     /// A request head not complete in time (408).
     HeaderTimeout,

@@ -101,6 +101,13 @@ fn header_block_over_the_limit_gets_431_and_close() {
 }
 
 #[test]
+fn request_line_over_the_limit_gets_414_and_close() {
+    let (o, k) = switch(4096);
+    let uri = format!("/{}", "u".repeat(8000));
+    refused(&k, &o, &request("GET", &uri, &[], b""), 414);
+}
+
+#[test]
 fn header_block_over_the_limit_is_refused_before_it_ends() {
     let (o, k) = switch(4096);
     let mut c = k.client();

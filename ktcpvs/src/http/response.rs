@@ -123,15 +123,22 @@ pub fn parse(
     };
     // A response with both framings is suspect: use TE, then drop the
     // connection (RFC 9112 §6.3 item 3).
-    let server_reusable =
-        server_keeps && !upgrade && body != Body::Close && !(te.is_some() && cl.is_some());
+    // So is Transfer-Encoding from an HTTP/1.0 server (RFC 9112 §6.1: the
+    // framing is faulty; process the message, then close).
+    let server_reusable = server_keeps
+        && !upgrade
+        && body != Body::Close
+        && !(te.is_some() && (cl.is_some() || server_http10));
     let dechunk = body == Body::Chunked && client.http10;
     let close_client =
         upgrade || !interim && (!client.keep_alive || body == Body::Close || dechunk);
 
     out.clear();
-    // Status line as the server wrote it (httparse skips empty lines
-    // before it; so does the copy).
+    // Status line in our own HTTP version (RFC 9110 §6.2: an intermediary
+    // sends its own), code and reason as the server wrote them: relayed
+    // as "HTTP/1.0", a 1.1 client would end a keep-alive connection after
+    // each response. (httparse skips empty lines before the status line;
+    // so does the copy; it has checked the "HTTP/1.x" prefix.)
     let start = buf
         .iter()
         .position(|&b| b != b'\r' && b != b'\n')
@@ -140,7 +147,8 @@ pub fn parse(
         .iter()
         .position(|&b| b == b'\n')
         .map_or(buf.len(), |p| start + p + 1);
-    out.extend_from_slice(&buf[start..line_end]);
+    out.extend_from_slice(b"HTTP/1.1");
+    out.extend_from_slice(buf.get(start + 8..line_end).unwrap_or(b" 502\r\n"));
     for h in res.headers.iter() {
         let name = h.name.as_bytes();
         if is_hop_by_hop(name) || conn.names_header(buf, name) {
@@ -230,6 +238,38 @@ mod tests {
         assert_eq!(h.body, Body::Close);
         assert!(!h.server_reusable && h.close_client);
         assert!(out.ends_with("Connection: close\r\n\r\n"));
+    }
+
+    #[test]
+    fn an_http10_server_is_relayed_as_http11_and_keeps_the_client() {
+        let c = ClientView { via: true, ..V11 };
+        let (h, out) = p(
+            b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok",
+            c,
+        );
+        assert!(h.server_reusable && !h.close_client);
+        // Our version on the status line; the server's in Via.
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nVia: 1.0 ktcpvs\r\n\r\n"
+        );
+        let (_, out) = p(
+            b"HTTP/1.1 404 Not Found Here\r\nContent-Length: 0\r\n\r\n",
+            V11,
+        );
+        assert!(out.starts_with("HTTP/1.1 404 Not Found Here\r\n"), "{out}");
+    }
+
+    #[test]
+    fn transfer_encoding_from_an_http10_server_is_read_then_the_connection_closed() {
+        let (h, out) = p(
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n",
+            V11,
+        );
+        assert_eq!(h.body, Body::Chunked);
+        assert!(!h.server_reusable, "faulty framing: not pooled");
+        assert!(!h.close_client);
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"));
     }
 
     #[test]
