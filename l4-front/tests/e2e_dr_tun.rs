@@ -136,6 +136,15 @@ fn run_case(method: &str, xdp: bool) {
         Some(&2),
         "{st:?}"
     );
+    if xdp {
+        // Killed, the director leaves no XDP program behind (BPF link):
+        // one would steer the VIP traffic into a socket nobody reads.
+        let link = |lab: &Lab| lab.output("dir", &["ip", "link", "show", "d0"]);
+        assert!(link(&lab).contains("prog/xdp"), "{}", link(&lab));
+        lab.kill("l4-front");
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!link(&lab).contains("xdp"), "{}", link(&lab));
+    }
 }
 
 #[test]
