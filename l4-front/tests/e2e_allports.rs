@@ -32,17 +32,7 @@ fn all_ports_service_sticks_a_client_to_one_server_on_every_port() {
         ),
     )
     .unwrap();
-    lab.spawn(
-        "dir",
-        "l4-front",
-        &[
-            env!("CARGO_BIN_EXE_l4-front"),
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
-        &[],
-    );
-    lab.wait_for_file(&lab.dir.join("stats"), "l4-front", "l4-front");
+    lab.start_director(&cfg, &lab.dir.join("stats"));
     let mut seen = Vec::new();
     for port in [80u16, 8080, 80, 8080, 8080, 80] {
         let r = http_get(&lab.ns("cl"), format!("{VIP}:{port}").parse().unwrap())

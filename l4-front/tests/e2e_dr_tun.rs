@@ -201,18 +201,8 @@ fn dr_real_server_fails_and_returns() {
         80,
         "health_check = \"http\"\nhealth_interval_ms = 150\nhealth_timeout_ms = 100\nhealth_fall = 1\nhealth_rise = 1",
     );
-    lab.spawn(
-        "dir",
-        "l4-front",
-        &[
-            env!("CARGO_BIN_EXE_l4-front"),
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
-        &[],
-    );
     let stats_path = lab.dir.join("stats");
-    lab.wait_for_file(&stats_path, "l4-front", "l4-front");
+    lab.start_director(&cfg, &stats_path);
     let vip = format!("{VIP}:80").parse().unwrap();
     let get = |lab: &Lab| -> String {
         let r =
@@ -254,31 +244,10 @@ fn dr_l4adm_list_and_drain() {
         &format!("[director]\ncontrol_socket = \"{}\"\n", sock.display()),
     );
     std::fs::write(&cfg, text).unwrap();
-    lab.spawn(
-        "dir",
-        "l4-front",
-        &[
-            env!("CARGO_BIN_EXE_l4-front"),
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
-        &[],
-    );
-    lab.wait_for_file(&lab.dir.join("stats"), "l4-front", "l4-front");
+    lab.start_director(&cfg, &lab.dir.join("stats"));
     lab.wait_for_file(&sock, "control socket", "l4-front");
     let l4adm = |args: &[&str]| -> String {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_l4adm"))
-            .arg("--socket")
-            .arg(&sock)
-            .args(args)
-            .output()
-            .expect("l4adm");
-        assert!(
-            o.status.success(),
-            "l4adm {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        common::l4adm(&sock, args).unwrap_or_else(|e| panic!("l4adm {args:?}: {e}"))
     };
     let vip = format!("{VIP}:80").parse().unwrap();
     http_get(&lab.ns("cl"), vip).expect("first request");
@@ -336,18 +305,8 @@ fn icmp_relay_case(xdp: bool) {
     if xdp {
         with_xdp(&cfg);
     }
-    lab.spawn(
-        "dir",
-        "l4-front",
-        &[
-            env!("CARGO_BIN_EXE_l4-front"),
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
-        &[],
-    );
     let stats_path = lab.dir.join("stats");
-    lab.wait_for_file(&stats_path, "l4-front", "l4-front");
+    lab.start_director(&cfg, &stats_path);
     if xdp {
         skip_unless_xdp!(lab, "l4-front");
     }
@@ -394,18 +353,8 @@ fn tun_upload_case(xdp: bool) {
     if xdp {
         with_xdp(&cfg);
     }
-    lab.spawn(
-        "dir",
-        "l4-front",
-        &[
-            env!("CARGO_BIN_EXE_l4-front"),
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
-        &[],
-    );
     let stats_path = lab.dir.join("stats");
-    lab.wait_for_file(&stats_path, "l4-front", "l4-front");
+    lab.start_director(&cfg, &stats_path);
     if xdp {
         skip_unless_xdp!(lab, "l4-front");
     }
@@ -447,18 +396,8 @@ fn dr_udp_service() {
         ),
     )
     .unwrap();
-    lab.spawn(
-        "dir",
-        "l4-front",
-        &[
-            env!("CARGO_BIN_EXE_l4-front"),
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
-        &[],
-    );
     let stats_path = lab.dir.join("stats");
-    lab.wait_for_file(&stats_path, "l4-front", "l4-front");
+    lab.start_director(&cfg, &stats_path);
     let vip: std::net::SocketAddr = format!("{VIP}:53").parse().unwrap();
     for q in ["one", "two"] {
         let (a, from) = common::udp_query(&lab.ns("cl"), vip, q.as_bytes())

@@ -35,31 +35,9 @@ fn l4adm_changes_the_running_director_without_breaking_connections() {
         ),
     )
     .unwrap();
-    lab.spawn(
-        "dir",
-        "l4-front",
-        &[
-            env!("CARGO_BIN_EXE_l4-front"),
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
-        &[],
-    );
-    lab.wait_for_file(&lab.dir.join("stats"), "l4-front", "l4-front");
+    lab.start_director(&cfg, &lab.dir.join("stats"));
     lab.wait_for_file(&sock, "control socket", "l4-front");
-    let l4adm = |args: &[&str]| -> Result<String, String> {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_l4adm"))
-            .arg("--socket")
-            .arg(&sock)
-            .args(args)
-            .output()
-            .expect("l4adm");
-        if o.status.success() {
-            Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&o.stderr).into_owned())
-        }
-    };
+    let l4adm = |args: &[&str]| common::l4adm(&sock, args);
     let ok = |args: &[&str]| {
         l4adm(args).unwrap_or_else(|e| panic!("l4adm {args:?}: {e}"));
     };
@@ -190,31 +168,11 @@ fn l4adm_new_vip_is_steered_through_af_xdp() {
         ),
     )
     .unwrap();
-    lab.spawn(
-        "dir",
-        "l4-front",
-        &[
-            env!("CARGO_BIN_EXE_l4-front"),
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
-        &[],
-    );
-    lab.wait_for_file(&stats_path, "l4-front", "l4-front");
+    lab.start_director(&cfg, &stats_path);
     lab.wait_for_file(&sock, "control socket", "l4-front");
     skip_unless_xdp!(lab, "l4-front");
     let l4adm = |args: &[&str]| {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_l4adm"))
-            .arg("--socket")
-            .arg(&sock)
-            .args(args)
-            .output()
-            .expect("l4adm");
-        assert!(
-            o.status.success(),
-            "l4adm {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        common::l4adm(&sock, args).unwrap_or_else(|e| panic!("l4adm {args:?}: {e}"));
     };
     let xdp_frames = || {
         std::thread::sleep(Duration::from_millis(250));

@@ -102,6 +102,21 @@ macro_rules! skip_unless_xdp {
     };
 }
 
+/// `l4adm --socket sock args…`: its output, or its error message.
+pub fn l4adm(sock: &std::path::Path, args: &[&str]) -> Result<String, String> {
+    let o = Command::new(env!("CARGO_BIN_EXE_l4adm"))
+        .arg("--socket")
+        .arg(sock)
+        .args(args)
+        .output()
+        .expect("l4adm");
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 pub struct Lab {
@@ -452,6 +467,19 @@ impl Lab {
             s.store(true, Ordering::Relaxed);
             let _ = h.join();
         }
+    }
+
+    /// Starts `l4-front --config cfg` in the director's namespace (log
+    /// "l4-front") and waits for its first statistics write to `stats`.
+    pub fn start_director(&mut self, cfg: &std::path::Path, stats: &std::path::Path) {
+        let cfg = cfg.to_str().expect("utf-8 path");
+        self.spawn(
+            "dir",
+            "l4-front",
+            &[env!("CARGO_BIN_EXE_l4-front"), "--config", cfg],
+            &[],
+        );
+        self.wait_for_file(stats, "l4-front", "l4-front");
     }
 
     /// Waits until `file` exists (a started daemon's first stats write).
