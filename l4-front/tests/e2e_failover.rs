@@ -11,8 +11,12 @@ use common::{http_get, stats, Lab, VIP};
 use std::time::Duration;
 
 fn config(lab: &Lab, name: &str, sync: &str) -> std::path::PathBuf {
+    config_with(lab, name, sync, false)
+}
+
+fn config_with(lab: &Lab, name: &str, sync: &str, xdp: bool) -> std::path::PathBuf {
     let t = format!(
-        "[director]\ninterface = \"d0\"\nworkers = 1\nstats_file = \"{}\"\nstats_interval_ms = 100\n\
+        "[director]\ninterface = \"d0\"\nworkers = 1\nxdp = {xdp}\nstats_file = \"{}\"\nstats_interval_ms = 100\n\
          [sync]\n{sync}\n\
          [[service]]\nvip = \"{VIP}\"\nport = 80\nscheduler = \"rr\"\n\
          [[service.real_server]]\naddress = \"10.201.2.11\"\nmethod = \"dr\"\n",
@@ -26,21 +30,34 @@ fn config(lab: &Lab, name: &str, sync: &str) -> std::path::PathBuf {
 #[test]
 fn dr_download_survives_master_failure() {
     skip_unless_lab!();
-    let mut lab = Lab::new("f");
+    failover_case(false);
+}
+
+/// The same with both directors on the AF_XDP data path.
+#[test]
+fn dr_download_survives_master_failure_through_af_xdp() {
+    skip_unless_lab!();
+    failover_case(true);
+}
+
+fn failover_case(xdp: bool) {
+    let mut lab = Lab::new(if xdp { "fx" } else { "f" });
     lab.build(1);
     lab.add_backup_director();
     // 240 kB over ~3 s.
     let body: String = "0123456789abcdef".repeat(15_000);
     lab.http_server_paced("rs1", 80, &body, 8_000, Duration::from_millis(100));
-    let master = config(
+    let master = config_with(
         &lab,
         "master",
         "role = \"master\"\npeer = \"10.201.2.3:8848\"\ninterval_ms = 100",
+        xdp,
     );
-    let backup = config(
+    let backup = config_with(
         &lab,
         "backup",
         "role = \"backup\"\nlisten = \"10.201.2.3:8848\"\ninterval_ms = 100\ndead_ms = 500",
+        xdp,
     );
     lab.spawn(
         "dir2",
@@ -64,6 +81,9 @@ fn dr_download_survives_master_failure() {
     );
     lab.wait_for_file(&lab.dir.join("master.stats"), "master", "master");
     lab.wait_for_file(&lab.dir.join("backup.stats"), "backup", "backup");
+    if xdp {
+        skip_unless_xdp!(lab, "master");
+    }
     std::thread::sleep(Duration::from_millis(300));
 
     let ns = lab.ns("cl");
@@ -98,6 +118,8 @@ fn dr_download_survives_master_failure() {
         Some(&0),
         "the connection came from sync, not scheduling: {st:?}"
     );
+    let via_xdp = st.get("xdp_rx_frames").copied().unwrap_or(0);
+    assert_eq!(via_xdp > 0, xdp, "backup frames through AF_XDP: {st:?}");
 }
 
 /// Waits (at most 10 s) until `log` contains `what`.
