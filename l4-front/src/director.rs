@@ -17,12 +17,12 @@ use crate::stats::{Snapshot, WorkerStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("interface {iface}: {source}")]
+    #[error("interface {iface}")]
     Interface {
         iface: String,
         source: std::io::Error,
     },
-    #[error("opening packet socket on {iface}: {source}")]
+    #[error("opening packet socket on {iface}")]
     Socket {
         iface: String,
         source: std::io::Error,
@@ -54,8 +54,8 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
         iface: iface.clone(),
         source,
     };
-    let mac = afpacket::if_mac(&iface).map_err(ierr)?;
     let ifindex = afpacket::ifindex(&iface).map_err(ierr)?;
+    let mac = afpacket::if_mac(&iface).map_err(ierr)?;
     let local_ip = match cfg.director.local_ip {
         Some(ip) => u32::from(ip),
         None => afpacket::if_ipv4(&iface).map_err(ierr)?,

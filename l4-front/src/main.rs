@@ -66,6 +66,6 @@ fn real_main() -> anyhow::Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     });
-    l4_front::run(cfg, stop).context("l4-front")?;
+    l4_front::run(cfg, stop)?;
     Ok(())
 }

@@ -104,7 +104,13 @@ pub fn ifindex(name: &str) -> io::Result<u32> {
     // SAFETY: c is a valid NUL-terminated string.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if i == 0 {
-        Err(io::Error::last_os_error())
+        let e = io::Error::last_os_error();
+        Err(match e.raw_os_error() {
+            Some(libc::ENODEV) | Some(libc::ENXIO) | Some(libc::ENOENT) => {
+                io::Error::new(io::ErrorKind::NotFound, "no such network interface")
+            }
+            _ => e,
+        })
     } else {
         Ok(i)
     }
