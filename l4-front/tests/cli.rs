@@ -64,3 +64,25 @@ fn a_missing_interface_is_said_once() {
         "one line, the cause once"
     );
 }
+
+#[test]
+fn a_missing_file_or_socket_is_one_line_without_a_backtrace() {
+    let (code, err) = run(&["--config", "/nonexistent/l4.toml"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        "l4-front: configuration /nonexistent/l4.toml: cannot read: No such file or directory (os error 2)"
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_l4adm"))
+        .args(["--socket", "/nonexistent/l4.sock", "-L", "-n"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("l4adm");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("l4adm: control socket /nonexistent/l4.sock (is l4-front running"),
+        "{err}"
+    );
+}

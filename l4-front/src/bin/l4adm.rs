@@ -25,7 +25,16 @@ const USAGE: &str = "usage: l4adm [--socket PATH] COMMAND
 Changes apply to the running director; existing connections keep their
 real server and forwarding method. Schedulers: rr wrr lc wlc sh maglev.";
 
-fn main() -> anyhow::Result<()> {
+/// Errors as one line on stderr and exit status 1 (no backtrace, even
+/// under RUST_BACKTRACE).
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("l4adm: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
     let mut socket = PathBuf::from("/run/l4-front.sock");
     let (mut list, mut stats, mut rate, mut timeout) = (false, false, false, false);
     let mut change = false;
@@ -86,8 +95,13 @@ fn main() -> anyhow::Result<()> {
     } else {
         anyhow::bail!("{USAGE}");
     };
-    let answer = l4_front::control::request(&socket, &req)
-        .with_context(|| format!("control socket {}", socket.display()))?;
+    let answer = l4_front::control::request(&socket, &req).with_context(|| {
+        format!(
+            "control socket {} (is l4-front running, with director.control_socket \
+                 set to it?)",
+            socket.display()
+        )
+    })?;
     match answer.strip_prefix("ok\n") {
         Some(body) if rate => {
             for l in body.lines().filter(|l| l.starts_with("rate.")) {

@@ -15,7 +15,8 @@ use crate::packet::parse::{PROTO_TCP, PROTO_UDP};
 /// A configuration problem, naming the offending field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {err}")]
+    /// (The caller names the file.)
+    #[error("cannot read: {err}")]
     Read { path: String, err: std::io::Error },
     /// Syntax or type errors; toml's message names the line, the column
     /// and the key.
