@@ -14,11 +14,10 @@ use crate::sched::Mode;
 /// A configuration error that names the offending field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    /// The callers name the file; `err` is not a `source`, so an error
+    /// chain does not print the cause twice.
+    #[error("cannot read: {err}")]
+    Io { path: String, err: std::io::Error },
     #[error(transparent)]
     Toml(#[from] toml::de::Error),
     #[error("field `{field}`: {msg}")]
@@ -160,9 +159,9 @@ fn ms(f: &str, v: Option<u64>, default: u64, min: u64) -> Result<Duration, Confi
 impl Config {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Io {
             path: path.display().to_string(),
-            source,
+            err,
         })?;
         Self::parse(&text)
     }

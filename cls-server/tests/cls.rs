@@ -512,3 +512,19 @@ fn http_probe_fails_a_5xx_server_and_keeps_a_2xx_one() {
         assert_eq!(c.lookup([1; 16], 0, None).await, Ok(Answer::Server(1)));
     });
 }
+
+/// The binary's answer to a configuration it cannot read: the file and the
+/// cause, each once, exit status 1.
+#[test]
+fn a_missing_configuration_is_one_line() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_cls-server"))
+        .args(["--config", "/nonexistent/cls.toml"])
+        .output()
+        .expect("cls-server");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.trim(),
+        "cls-server: /nonexistent/cls.toml: cannot read: No such file or directory (os error 2)"
+    );
+}

@@ -15,11 +15,10 @@ use crate::sched::SchedulerKind;
 /// A configuration error; the message names the offending field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    /// The callers name the file; `err` is not a `source`, so an error
+    /// chain does not print the cause twice.
+    #[error("cannot read: {err}")]
+    Io { path: String, err: std::io::Error },
     #[error("{0}")]
     Syntax(String),
     #[error("{field}: {msg}")]
@@ -340,9 +339,9 @@ pub const DEFAULT_SPLICE_THRESHOLD: u64 = 128 * 1024;
 impl Config {
     /// Reads and checks a configuration file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Io {
             path: path.display().to_string(),
-            source,
+            err,
         })?;
         let mut c = Config::from_toml(&text)?;
         c.source = Some(path.to_path_buf());

@@ -180,7 +180,12 @@ fn check_refuses_a_missing_file_and_broken_toml() {
         std::time::Duration::from_secs(10),
     );
     assert!(!out.success(), "{out:?}");
-    assert!(!out.stderr.trim().is_empty(), "no message: {out:?}");
+    // The file and the cause, each once.
+    assert_eq!(
+        out.stderr.trim(),
+        "ktcpvs: /nonexistent/ktcpvs-e2e.toml: cannot read: No such file or directory (os error 2)",
+        "{out:?}"
+    );
     let out = run_check("[[service]\nname = ");
     assert!(!out.success(), "{out:?}");
     assert!(!out.stderr.trim().is_empty(), "no message: {out:?}");
