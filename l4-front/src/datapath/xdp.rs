@@ -6,11 +6,12 @@
 //! on to the kernel (`XDP_PASS`), where the slow-path packet socket sees it
 //! as before.
 //!
-//! The program is 24 instructions assembled here (no compiler, no libbpf):
+//! The program is 27 instructions assembled here (no compiler, no libbpf):
 //!
 //! ```text
 //!  r6 = ctx; r2 = data; r3 = data_end
 //!  if data + 34 > data_end            → pass   (Ethernet + IPv4 header)
+//!  if data + 3,841 <= data_end         → pass   (longer than a UMEM chunk holds)
 //!  if ethertype != 0x0800              → pass
 //!  if vips[ip.daddr] == NULL           → pass
 //!  return bpf_redirect_map(xsks, ctx->rx_queue_index, XDP_PASS)
@@ -41,8 +42,11 @@ use super::process::{Processor, Verdict, OUT_BUF};
 use crate::stats::Counter;
 
 /// Bytes per UMEM chunk (a page: the kernel's copy-mode frames start
-/// 256 bytes in, leaving 3,840 bytes of frame).
+/// 256 bytes in, leaving [`MAX_FRAME`] bytes of frame).
 pub const CHUNK: usize = 4096;
+/// The longest frame a chunk holds; longer ones (jumbo frames) the program
+/// passes to the kernel, where the packet-socket worker takes them.
+pub const MAX_FRAME: i32 = (CHUNK - 256) as i32;
 /// Chunks per socket (16 MiB of UMEM).
 pub const FRAMES: usize = 4096;
 /// Entries per ring (fill, completion, receive, transmit).
@@ -144,7 +148,8 @@ fn program(vips: RawFd, xsks: RawFd) -> Vec<u64> {
     const CALL: u8 = 0x85;
     const EXIT: u8 = 0x95;
     const PSEUDO_MAP_FD: u8 = 1;
-    const PASS: i16 = 22; // index of the `pass:` label
+    const JGEX: u8 = 0x3d;
+    const PASS: i16 = 25; // index of the `pass:` label
     let p = vec![
         insn(MOV64X, 6, 1, 0, 0),                 // 0: r6 = ctx
         insn(LDXW, 2, 6, 0, 0),                   // 1: r2 = ctx->data
@@ -152,26 +157,29 @@ fn program(vips: RawFd, xsks: RawFd) -> Vec<u64> {
         insn(MOV64X, 4, 2, 0, 0),                 // 3: r4 = r2
         insn(ADD64K, 4, 0, 0, 34),                // 4: r4 += 14 + 20
         insn(JGTX, 4, 3, PASS - 6, 0),            // 5: short frame
-        insn(LDXH, 5, 2, 12, 0),                  // 6: ethertype
-        insn(JNEK, 5, 0, PASS - 8, 0x0008),       // 7: not IPv4 (0x0800, BE)
-        insn(LDXW, 5, 2, 30, 0),                  // 8: ip.daddr
-        insn(STXW, 10, 5, -4, 0),                 // 9: key on the stack
-        insn(MOV64X, 2, 10, 0, 0),                // 10
-        insn(ADD64K, 2, 0, 0, -4),                // 11: r2 = &key
-        insn(LDDW, 1, PSEUDO_MAP_FD, 0, vips),    // 12: r1 = vips
-        0,                                        // 13
-        insn(CALL, 0, 0, 0, HELPER_MAP_LOOKUP),   // 14
-        insn(JEQK, 0, 0, PASS - 16, 0),           // 15: not a VIP
-        insn(LDXW, 2, 6, 16, 0),                  // 16: ctx->rx_queue_index
-        insn(LDDW, 1, PSEUDO_MAP_FD, 0, xsks),    // 17: r1 = xsks
-        0,                                        // 18
-        insn(MOV64K, 3, 0, 0, XDP_PASS),          // 19: fallback action
-        insn(CALL, 0, 0, 0, HELPER_REDIRECT_MAP), // 20
-        insn(EXIT, 0, 0, 0, 0),                   // 21
-        insn(MOV64K, 0, 0, 0, XDP_PASS),          // 22: pass:
-        insn(EXIT, 0, 0, 0, 0),                   // 23
+        insn(MOV64X, 4, 2, 0, 0),                 // 6: r4 = r2
+        insn(ADD64K, 4, 0, 0, MAX_FRAME + 1),     // 7
+        insn(JGEX, 3, 4, PASS - 9, 0),            // 8: too long for a chunk
+        insn(LDXH, 5, 2, 12, 0),                  // 9: ethertype
+        insn(JNEK, 5, 0, PASS - 11, 0x0008),      // 10: not IPv4 (0x0800, BE)
+        insn(LDXW, 5, 2, 30, 0),                  // 11: ip.daddr
+        insn(STXW, 10, 5, -4, 0),                 // 12: key on the stack
+        insn(MOV64X, 2, 10, 0, 0),                // 13
+        insn(ADD64K, 2, 0, 0, -4),                // 14: r2 = &key
+        insn(LDDW, 1, PSEUDO_MAP_FD, 0, vips),    // 15: r1 = vips
+        0,                                        // 16
+        insn(CALL, 0, 0, 0, HELPER_MAP_LOOKUP),   // 17
+        insn(JEQK, 0, 0, PASS - 19, 0),           // 18: not a VIP
+        insn(LDXW, 2, 6, 16, 0),                  // 19: ctx->rx_queue_index
+        insn(LDDW, 1, PSEUDO_MAP_FD, 0, xsks),    // 20: r1 = xsks
+        0,                                        // 21
+        insn(MOV64K, 3, 0, 0, XDP_PASS),          // 22: fallback action
+        insn(CALL, 0, 0, 0, HELPER_REDIRECT_MAP), // 23
+        insn(EXIT, 0, 0, 0, 0),                   // 24
+        insn(MOV64K, 0, 0, 0, XDP_PASS),          // 25: pass:
+        insn(EXIT, 0, 0, 0, 0),                   // 26
     ];
-    debug_assert_eq!(p.len(), 24);
+    debug_assert_eq!(p.len(), 27);
     p
 }
 
@@ -759,7 +767,7 @@ mod tests {
             .expect("pass label");
         for (pc, &i) in p.iter().enumerate() {
             let code = i as u8;
-            if matches!(code, 0x2d | 0x55 | 0x15) {
+            if matches!(code, 0x2d | 0x3d | 0x55 | 0x15) {
                 let off = (i >> 16) as u16 as i16;
                 assert_eq!(pc as i64 + 1 + off as i64, pass as i64, "branch at {pc}");
             }
