@@ -29,8 +29,12 @@
 //! received frame is processed in place and the chunk it arrived in is
 //! transmitted: as it is for a `SendInput` verdict (DR: only the MACs
 //! change), overwritten by the built frame for a `SendOutput` (TUN, NAT,
-//! ARP, ICMP). Chunks come back through the completion ring. Copy mode (`XDP_COPY`): veth and most virtual devices
-//! have no zero-copy support, and copy mode works on every driver.
+//! ARP, ICMP). Chunks come back through the completion ring. Copy mode
+//! (`XDP_COPY`): veth and most virtual devices have no zero-copy support,
+//! and copy mode works on every driver.
+//!
+//! The VIP map holds 1,024 addresses; VIPs beyond it (or any the map
+//! refuses) are not steered and reach the packet-socket worker instead.
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -234,12 +238,7 @@ impl Steering {
             .map_err(|e| io::Error::new(e.kind(), format!("creating the socket map: {e}")))?;
         let prog = prog_load(&program(vips.as_raw_fd(), xsks.as_raw_fd()))
             .map_err(|e| io::Error::new(e.kind(), format!("loading the XDP program: {e}")))?;
-        let first = if std::env::var("L4_XDP_MODE").as_deref() == Ok("generic") {
-            XDP_FLAGS_SKB_MODE
-        } else {
-            XDP_FLAGS_DRV_MODE
-        };
-        let (link, mode) = match link_create(&prog, ifindex, first) {
+        let (link, mode) = match link_create(&prog, ifindex, XDP_FLAGS_DRV_MODE) {
             Ok(l) => (l, "native"),
             Err(native) => match link_create(&prog, ifindex, XDP_FLAGS_SKB_MODE) {
                 Ok(l) => {
