@@ -372,6 +372,18 @@ fn run_lab(mode: &str) {
         "cls",
         &[&cls_bin, "--config", cls_conf.to_str().expect("path")],
     );
+    // The CLS listening before the switch starts: a worker whose first
+    // connection is refused decides locally until it reconnects, and a
+    // request in that window may land on the other cache (seen once in CI:
+    // both workers connected 10 ms apart, the readiness check passed in
+    // between).
+    let fr = lab.ns("fr");
+    let cls_up = in_ns(&fr, || {
+        wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect("127.0.0.1:7070").is_ok()
+        })
+    });
+    assert!(cls_up, "the CLS never listened:\n{}", lab.log("cls"));
     let k_conf = lab.dir.join("ktcpvs.toml");
     std::fs::write(
         &k_conf,
@@ -412,6 +424,15 @@ fn run_lab(mode: &str) {
         })
     };
     assert!(ready, "the lab never became ready (front, caches, CLS)");
+    // Every worker has its CLS connection (one line each).
+    let connected = wait_until(Duration::from_secs(10), || {
+        lab.log("ktcpvs").matches("connected to the CLS").count() >= 2
+    });
+    assert!(
+        connected,
+        "workers not connected to the CLS:\n{}",
+        lab.log("ktcpvs")
+    );
 
     // Cacheable objects: each lands on one cache; only the first is a MISS.
     let results = in_ns(&cl, move || {
