@@ -101,6 +101,11 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
     let mut stats = Vec::new();
     let mut handles = Vec::new();
     let mut first: Option<PacketSocket> = None;
+    let spawner = Spawner {
+        shared: &shared,
+        clock: &clock,
+        stop: &stop,
+    };
     // AF_XDP (director.xdp): one socket per receive queue takes the VIP
     // traffic; a packet-socket worker takes what the program passes on
     // (ARP, NAT replies). Anything refused: the packet-socket workers.
@@ -116,30 +121,20 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
     let steering = if let Some((steer, socks)) = xdp {
         let n = socks.len();
         for (i, sock) in socks.into_iter().enumerate() {
-            let st = Arc::new(WorkerStats::new(&shared.shape()));
-            stats.push(st.clone());
-            let proc = Processor::new(shared.clone(), st);
-            let (c, s) = (clock.clone(), stop.clone());
-            let h = std::thread::Builder::new()
-                .name(format!("l4-xdp-{i}"))
-                .spawn(move || crate::datapath::xdp::run(sock, proc, c, s))
-                .map_err(RunError::Spawn)?;
-            handles.push(h);
+            handles.push(
+                spawner.spawn(format!("l4-xdp-{i}"), &mut stats, move |p, c, s| {
+                    crate::datapath::xdp::run(sock, p, c, s)
+                })?,
+            );
         }
         first = PacketSocket::open_tx(&iface).ok();
         let sock = PacketSocket::open(&iface, Some(group)).map_err(|source| RunError::Socket {
             iface: iface.clone(),
             source,
         })?;
-        let st = Arc::new(WorkerStats::new(&shared.shape()));
-        stats.push(st.clone());
-        let proc = Processor::new(shared.clone(), st);
-        let (c, s) = (clock.clone(), stop.clone());
-        let h = std::thread::Builder::new()
-            .name("l4-slow".into())
-            .spawn(move || worker::run(sock, None, proc, c, s))
-            .map_err(RunError::Spawn)?;
-        handles.push(h);
+        handles.push(spawner.spawn("l4-slow".into(), &mut stats, move |p, c, s| {
+            worker::run(sock, None, p, c, s)
+        })?);
         tracing::info!(mode = steer.mode, sockets = n, "AF_XDP data path");
         Some(steer)
     } else {
@@ -168,22 +163,18 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
                 "sendmmsg",
                 || crate::datapath::txring::TxRing::open(ifindex, 1024, 2048),
             );
-            let st = Arc::new(WorkerStats::new(&shared.shape()));
-            stats.push(st.clone());
-            let proc = Processor::new(shared.clone(), st);
-            let (c, s) = (clock.clone(), stop.clone());
-            let builder = std::thread::Builder::new().name(format!("l4-worker-{i}"));
-            let h = match ring {
-                Some((sock, ring)) => {
-                    builder.spawn(move || worker::run_ring(sock, ring, txr, proc, c, s))
-                }
+            let name = format!("l4-worker-{i}");
+            handles.push(match ring {
+                Some((sock, ring)) => spawner.spawn(name, &mut stats, move |p, c, s| {
+                    worker::run_ring(sock, ring, txr, p, c, s)
+                })?,
                 None => {
                     let sock = PacketSocket::open(&iface, Some(group)).map_err(sock_err)?;
-                    builder.spawn(move || worker::run(sock, txr, proc, c, s))
+                    spawner.spawn(name, &mut stats, move |p, c, s| {
+                        worker::run(sock, txr, p, c, s)
+                    })?
                 }
-            }
-            .map_err(RunError::Spawn)?;
-            handles.push(h);
+            });
         }
         None
     };
@@ -418,6 +409,36 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
     write_stats(&cfg, &rates, &shared, &stats);
     tracing::info!("l4-front stopped");
     Ok(())
+}
+
+/// Starts data-path threads: each with its own statistics block and
+/// processor, and the shared clock and stop flag.
+struct Spawner<'a> {
+    shared: &'a Arc<Shared>,
+    clock: &'a Arc<AtomicU32>,
+    stop: &'a Arc<AtomicBool>,
+}
+
+impl Spawner<'_> {
+    /// Runs `body` on a thread named `name`; its statistics go to `stats`.
+    fn spawn<F>(
+        &self,
+        name: String,
+        stats: &mut Vec<Arc<WorkerStats>>,
+        body: F,
+    ) -> Result<std::thread::JoinHandle<()>, RunError>
+    where
+        F: FnOnce(Processor, Arc<AtomicU32>, Arc<AtomicBool>) + Send + 'static,
+    {
+        let st = Arc::new(WorkerStats::new(&self.shared.shape()));
+        stats.push(st.clone());
+        let proc = Processor::new(self.shared.clone(), st);
+        let (c, s) = (self.clock.clone(), self.stop.clone());
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || body(proc, c, s))
+            .map_err(RunError::Spawn)
+    }
 }
 
 /// Every VIP, for the XDP program's map.
