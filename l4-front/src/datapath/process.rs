@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::config::Method;
-use crate::conn::{ConnKey, ConnState, Event, Hit, RevKey, Segment, Target};
+use crate::conn::{ConnKey, ConnState, Event, Hit, RevKey, Segment, Stage, Target};
 use crate::packet::parse::{self, icmp_is_error, parse_icmp_quote, ETH_HLEN};
 use crate::packet::rewrite::{self, NatSide, TUN_OVERHEAD};
 use crate::packet::{DropReason, Frame, Ipv4, L4};
@@ -42,6 +42,29 @@ pub struct Processor {
     ip_id: u16,
     /// drop_packet: new connections left until the next refused one.
     drop_ctr: u32,
+}
+
+/// The connection key of an unfragmented TCP or UDP packet in an Ethernet
+/// frame, read without checks (for [`Processor::prefetch`] only).
+#[inline]
+fn flow_key(f: &[u8]) -> Option<ConnKey> {
+    let h = f.get(..ETH_HLEN + 20)?;
+    if h[12..14] != [0x08, 0x00] || h[14] >> 4 != 4 || h[20] & 0x3f != 0 || h[21] != 0 {
+        return None;
+    }
+    let proto = h[23];
+    if proto != parse::PROTO_TCP && proto != parse::PROTO_UDP {
+        return None;
+    }
+    let l4 = ETH_HLEN + (h[14] & 0x0f) as usize * 4;
+    let p = f.get(l4..l4 + 4)?;
+    Some(ConnKey {
+        caddr: u32::from_be_bytes([h[26], h[27], h[28], h[29]]),
+        vaddr: u32::from_be_bytes([h[30], h[31], h[32], h[33]]),
+        cport: u16::from_be_bytes([p[0], p[1]]),
+        vport: u16::from_be_bytes([p[2], p[3]]),
+        proto,
+    })
 }
 
 impl Processor {
@@ -84,6 +107,28 @@ impl Processor {
         let v = self.process(frame, csum_partial, now);
         std::mem::swap(&mut self.out, out);
         v
+    }
+
+    /// Batch hint for a frame about to be processed: starts loading the
+    /// connection-table lines its lookup will read (see
+    /// [`crate::conn::ConnTable::prefetch`]). Reads only the few header
+    /// bytes that make the key, with no validation: a frame that is not a
+    /// TCP/UDP packet to a VIP only wastes a prefetch.
+    #[inline]
+    pub fn prefetch(&self, frame: &[u8], stage: Stage) {
+        if let Some(key) = flow_key(frame) {
+            self.shared.table.prefetch(&key, stage);
+        }
+    }
+
+    /// [`Processor::prefetch`] over a batch about to be processed: every
+    /// bucket first, then every entry (by then the buckets have arrived).
+    pub fn prefetch_batch<'a>(&self, frames: impl Iterator<Item = &'a [u8]> + Clone) {
+        for stage in [Stage::Bucket, Stage::Entry] {
+            for f in frames.clone() {
+                self.prefetch(f, stage);
+            }
+        }
     }
 
     /// Processes one frame; `csum_partial` says the kernel left the L4
@@ -429,5 +474,41 @@ impl Processor {
         self.stats
             .rs_packet(c.svc as usize, c.rs as usize, ip.frame_len(), false);
         Verdict::SendInput(ip.frame_len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::build::{arp_request, tcp_frame, udp_frame, TcpSpec};
+
+    #[test]
+    fn prefetch_key_is_the_lookup_key() {
+        let f = tcp_frame(TcpSpec::syn());
+        assert_eq!(
+            flow_key(&f),
+            Some(ConnKey {
+                caddr: 0x0ac9_0102,
+                vaddr: 0x0ac9_0264,
+                cport: 40000,
+                vport: 80,
+                proto: 6,
+            })
+        );
+        let u = udp_frame([10, 0, 0, 1], [10, 0, 0, 2], 53, 5353, b"x");
+        assert_eq!(
+            flow_key(&u).map(|k| (k.cport, k.vport, k.proto)),
+            Some((53, 5353, 17))
+        );
+        // A later fragment carries no ports; ARP, and a truncated frame,
+        // nothing to look up.
+        let mut frag = f.clone();
+        frag[21] = 1;
+        assert_eq!(flow_key(&frag), None);
+        assert_eq!(
+            flow_key(&arp_request([2; 6], [10, 0, 0, 1], [10, 0, 0, 2])),
+            None
+        );
+        assert_eq!(flow_key(&f[..36]), None);
     }
 }

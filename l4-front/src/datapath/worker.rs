@@ -53,6 +53,7 @@ pub fn run(
                 proc.stats().add(Counter::RxDropped, dropped);
             }
         }
+        proc.prefetch_batch((0..n).map(|i| &rx[i][..meta[i].len.min(rx[i].len())]));
         for i in 0..n {
             verdicts[i] = if meta[i].truncated {
                 proc.stats().count_drop(DropReason::Oversize);
@@ -112,6 +113,12 @@ pub fn run_ring(
             proc.stats().add(Counter::RxDropped, dropped);
         }
         for chunk in frames.chunks(BATCH) {
+            // SAFETY: as below; only read, before the frames are processed.
+            proc.prefetch_batch(
+                chunk
+                    .iter()
+                    .map(|f| unsafe { std::slice::from_raw_parts(f.ptr.cast_const(), f.len) }),
+            );
             for (i, f) in chunk.iter().enumerate() {
                 verdicts[i] = if f.truncated {
                     proc.stats().count_drop(DropReason::Oversize);

@@ -635,6 +635,14 @@ impl XdpSocket {
         d
     }
 
+    /// As [`XdpSocket::chunk`], to read.
+    fn frame(&self, addr: u64, len: usize) -> &[u8] {
+        let end = (addr as usize + len).min(CHUNK * FRAMES);
+        let start = (addr as usize).min(end);
+        // SAFETY: as in `chunk`.
+        unsafe { std::slice::from_raw_parts(self.umem.add(start), end - start) }
+    }
+
     fn chunk(&mut self, addr: u64, len: usize) -> &mut [u8] {
         let end = (addr as usize + len).min(CHUNK * FRAMES);
         let start = (addr as usize).min(end);
@@ -677,6 +685,11 @@ pub fn run(mut sock: XdpSocket, mut proc: Processor, clock: Arc<AtomicU32>, stop
                 proc.stats().add(Counter::RxDropped, d);
             }
         }
+        proc.prefetch_batch((0..n).map(|i| {
+            // SAFETY: entry i of the receive ring was produced.
+            let d = unsafe { *sock.rx.entry::<libc::xdp_desc>(i) };
+            sock.frame(d.addr, d.len as usize)
+        }));
         let mut room = sock.tx.free_slots();
         let (mut queued, mut bytes, mut failed) = (0u32, 0u64, 0u64);
         for i in 0..n {

@@ -4,6 +4,8 @@
 
 use std::sync::atomic::Ordering;
 
+use std::hash::BuildHasher;
+
 use super::{lock, Conn, ConnKey, ConnState, ConnTable, DropReason, Target};
 
 impl ConnTable {
@@ -19,17 +21,16 @@ impl ConnTable {
     pub fn drop_half_open(&self, hint: usize) -> Vec<Conn> {
         let mut guard = lock(&self.shards[hint & self.mask]);
         let sh = &mut *guard;
-        let ids: Vec<usize> = sh
-            .conns
+        let ids: Vec<(u32, ConnKey)> = sh
+            .store
             .iter()
-            .filter(|(_, c)| c.state == ConnState::SynRecv)
-            .map(|(i, _)| i)
+            .filter(|(_, e)| e.state == ConnState::SynRecv)
+            .map(|(i, e)| (i, e.key()))
             .collect();
         let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let c = sh.conns.remove(id);
-            sh.map.remove(&c.key);
-            sh.wheel.cancel(id as u32);
+        for (id, key) in ids {
+            sh.wheel.cancel(&mut sh.store, id);
+            let c = sh.store.remove(id, self.hasher.hash_one(key));
             if c.nat {
                 lock(self.rev_shard(&c.rev_key())).remove(&c.rev_key());
             }
@@ -54,21 +55,22 @@ impl ConnTable {
     /// previous state (None if new) so the caller can keep counters, or
     /// `Err` when the table is full.
     pub fn insert_synced(&self, c: Conn, now: u32) -> Result<Option<ConnState>, DropReason> {
-        let mut guard = lock(self.shard(&c.key));
+        let (hash, shard) = self.shard(&c.key);
+        let mut guard = lock(shard);
         let sh = &mut *guard;
         let expires = now.saturating_add(self.timeout_of(c.state));
-        if let Some(&id) = sh.map.get(&c.key) {
-            if let Some(e) = sh.conns.get_mut(id as usize) {
-                let old = e.state;
-                e.state = c.state;
-                e.expires = expires;
-                if !matches!(sh.wheel.when(id), Some(w) if (expires as u64) >= w) {
-                    sh.wheel.schedule(id, expires as u64);
-                }
-                return Ok(Some(old));
+        if let Some(id) = sh.store.find(&c.key, hash) {
+            let e = sh.store.get_mut(id);
+            let (old, was) = (e.state, e.expires);
+            e.state = c.state;
+            e.expires = expires;
+            // Lazy refresh, as in `track`.
+            if expires < was {
+                sh.wheel.schedule(&mut sh.store, id);
             }
+            return Ok(Some(old));
         }
-        if sh.conns.len() >= self.per_shard_max {
+        if sh.store.len() >= self.per_shard_max {
             return Err(DropReason::TableFull);
         }
         let conn = Conn {
@@ -78,9 +80,8 @@ impl ConnTable {
             seq_next: 0,
             ..c
         };
-        let id = sh.conns.insert(conn) as u32;
-        sh.map.insert(c.key, id);
-        sh.wheel.schedule(id, expires as u64);
+        let id = sh.store.insert(&conn, hash);
+        sh.wheel.schedule(&mut sh.store, id);
         if conn.nat {
             lock(self.rev_shard(&conn.rev_key())).insert(conn.rev_key(), conn.key);
         }
@@ -96,17 +97,18 @@ impl ConnTable {
         timeout: u32,
         schedule: impl FnOnce() -> Result<Target, DropReason>,
     ) -> Result<Target, DropReason> {
-        let mut guard = lock(self.shard(&tkey));
+        let (hash, shard) = self.shard(&tkey);
+        let mut guard = lock(shard);
         let sh = &mut *guard;
         let expires = now.saturating_add(timeout);
-        if let Some(&id) = sh.map.get(&tkey) {
-            if let Some(c) = sh.conns.get_mut(id as usize) {
-                c.refs = c.refs.saturating_add(1);
-                c.expires = c.expires.max(expires);
-                return Ok(c.target());
-            }
+        if let Some(id) = sh.store.find(&tkey, hash) {
+            let c = sh.store.get_mut(id);
+            c.refs = c.refs.saturating_add(1);
+            // Only ever later: the wheel picks it up when the old one fires.
+            c.expires = c.expires.max(expires);
+            return Ok(c.conn().target());
         }
-        if sh.conns.len() >= self.per_shard_max {
+        if sh.store.len() >= self.per_shard_max {
             return Err(DropReason::TableFull);
         }
         let target = schedule()?;
@@ -126,18 +128,17 @@ impl ConnTable {
             cmac: [0; 6],
             seq_next: 0,
         };
-        let id = sh.conns.insert(conn) as u32;
-        sh.map.insert(tkey, id);
-        sh.wheel.schedule(id, expires as u64);
+        let id = sh.store.insert(&conn, hash);
+        sh.wheel.schedule(&mut sh.store, id);
         Ok(target)
     }
     /// One connection fewer uses the template `tkey`.
     pub fn release_template(&self, tkey: &ConnKey) {
-        let mut sh = lock(self.shard(tkey));
-        if let Some(&id) = sh.map.get(tkey) {
-            if let Some(c) = sh.conns.get_mut(id as usize) {
-                c.refs = c.refs.saturating_sub(1);
-            }
+        let (hash, shard) = self.shard(tkey);
+        let mut sh = lock(shard);
+        if let Some(id) = sh.store.find(tkey, hash) {
+            let c = sh.store.get_mut(id);
+            c.refs = c.refs.saturating_sub(1);
         }
     }
 }

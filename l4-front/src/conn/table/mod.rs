@@ -7,14 +7,12 @@
 //! `max_connections` (counted as `table_full` drops), which is what keeps a
 //! SYN flood from random sources from growing the director without bound.
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use slab::Slab;
-
 mod extra;
+mod store;
 
 use super::state::{
     tcp_may_create, tcp_next, tcp_next_secure, ConnState, Segment, SharedTimeouts, Timeouts,
@@ -85,8 +83,9 @@ pub struct Conn {
     /// The client's next expected sequence number (secure_tcp); 0 =
     /// unknown (an entry from sync, or created without sequence numbers —
     /// or, once in 2^32, a real 0, which only relaxes secure_tcp to the
-    /// flag checks for that connection). No separate flag: the entry stays
-    /// within 52 bytes, so 2,000,000 of them fit in 256 MB.
+    /// flag checks for that connection). No separate flag: the stored entry
+    /// (`store::Entry`) stays within one 64-byte line, so 2,000,000 of them
+    /// fit in 256 MB.
     pub seq_next: u32,
 }
 
@@ -134,6 +133,13 @@ pub enum Event {
     Udp,
 }
 
+/// What [`ConnTable::prefetch`] loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Bucket,
+    Entry,
+}
+
 /// Result of tracking one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hit {
@@ -146,8 +152,7 @@ pub struct Hit {
 }
 
 struct Shard {
-    map: HashMap<ConnKey, u32, SeededState>,
-    conns: Slab<Conn>,
+    store: store::Store,
     wheel: TimingWheel,
     /// Connections created or changed since the last sync drain.
     sync_out: Vec<Conn>,
@@ -157,6 +162,9 @@ struct Shard {
 /// grow the master's memory).
 const SYNC_QUEUE_MAX: usize = 65_536;
 
+/// Expired entries unchained per batch (see [`ConnTable::expire`]).
+const EXPIRE_BATCH: usize = 16;
+
 /// Most entries the table allocates room for at start (see
 /// [`ConnTable::new`]); past it, shards grow as they fill.
 const PREALLOC_MAX: usize = 4 << 20;
@@ -164,6 +172,8 @@ const PREALLOC_MAX: usize = 4 << 20;
 /// The sharded connection table.
 pub struct ConnTable {
     shards: Box<[Mutex<Shard>]>,
+    /// Per shard, for [`ConnTable::prefetch`].
+    hints: Box<[store::Hint]>,
     rev: Box<[Mutex<HashMap<RevKey, ConnKey, SeededState>>]>,
     hasher: SeededState,
     mask: usize,
@@ -191,22 +201,22 @@ impl ConnTable {
         let n = shards.max(1).next_power_of_two();
         let hasher = SeededState::new(seed);
         // Each shard is sized for its whole share up front (up to
-        // PREALLOC_MAX entries in all): growing a hash map rehashes every
-        // entry while the shard is locked, and a worker stalled on that
-        // under a SYN flood overflows its receive ring. Only the control
-        // bytes are written now; entry pages are touched as they fill.
+        // PREALLOC_MAX entries in all): its buckets are never rehashed, and
+        // its entries reallocated only past that. Only the buckets are
+        // written now; entry pages are touched as they fill.
         let each = max_connections.max(1).div_ceil(n);
         let pre = (each + each / 8 + 1).min(PREALLOC_MAX / n);
         let mk = |_| {
             Mutex::new(Shard {
-                map: HashMap::with_capacity_and_hasher(pre, hasher),
-                conns: Slab::with_capacity(pre),
-                wheel: TimingWheel::with_capacity(0, pre),
+                store: store::Store::new(pre),
+                wheel: TimingWheel::new(0),
                 sync_out: Vec::new(),
             })
         };
+        let shards: Box<[Mutex<Shard>]> = (0..n).map(mk).collect();
         ConnTable {
-            shards: (0..n).map(mk).collect(),
+            hints: shards.iter().map(|s| lock(s).store.hint()).collect(),
+            shards,
             rev: (0..n)
                 .map(|_| Mutex::new(HashMap::with_hasher(hasher)))
                 .collect(),
@@ -258,10 +268,26 @@ impl ConnTable {
         self.shards.len()
     }
 
-    fn shard(&self, key: &ConnKey) -> &Mutex<Shard> {
-        let h = self.hasher.hash_one(key) as usize;
-        // High bits pick the shard; the map uses the whole hash.
-        &self.shards[(h >> 48) & self.mask]
+    /// The key's hash and shard: high bits pick the shard, low bits the
+    /// bucket within it.
+    fn shard(&self, key: &ConnKey) -> (u64, &Mutex<Shard>) {
+        let h = self.hasher.hash_one(key);
+        (h, &self.shards[(h >> 48) as usize & self.mask])
+    }
+
+    /// Starts loading, without locking, what looking `key` up will read:
+    /// `Stage::Bucket` its bucket, then (a batch later, when that has
+    /// arrived) `Stage::Entry` the entry the bucket points to. Workers call
+    /// it for every frame of a batch before processing the batch, so the
+    /// cache misses of a large table overlap instead of adding up.
+    #[inline]
+    pub fn prefetch(&self, key: &ConnKey, stage: Stage) {
+        let h = self.hasher.hash_one(key);
+        let hint = &self.hints[(h >> 48) as usize & self.mask];
+        match stage {
+            Stage::Bucket => hint.bucket(h),
+            Stage::Entry => hint.entry(h),
+        }
     }
 
     fn rev_shard(&self, key: &RevKey) -> &Mutex<HashMap<RevKey, ConnKey, SeededState>> {
@@ -272,7 +298,7 @@ impl ConnTable {
     /// Number of entries.
     /// Locks each shard in turn: for the control plane, not per packet.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).conns.len()).sum()
+        self.shards.iter().map(|s| lock(s).store.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -290,90 +316,83 @@ impl ConnTable {
         cmac: [u8; 6],
         schedule: impl FnOnce() -> Result<Target, DropReason>,
     ) -> Result<Hit, DropReason> {
-        let mut guard = lock(self.shard(&key));
+        let (hash, shard) = self.shard(&key);
+        let mut guard = lock(shard);
         let sh = &mut *guard;
-        // One probe of the map for both outcomes: a miss keeps the vacant
-        // slot for the insert below (a SYN flood is all misses).
-        let slot = match sh.map.entry(key) {
-            Entry::Occupied(o) => Ok(*o.get()),
-            Entry::Vacant(v) => Err(v),
-        };
-        let vacant = match slot {
-            Err(v) => v,
-            Ok(id) => {
-                let Some(c) = sh.conns.get_mut(id as usize) else {
-                    return Err(DropReason::NoConnection);
-                };
-                let old = c.state;
-                let secure = self.secure.load(Ordering::Relaxed);
-                let next = (c.seq_next != 0).then_some(c.seq_next);
-                let stepped = match ev {
-                    Event::Tcp(flags) if secure => tcp_next_secure(
-                        old,
-                        Segment {
-                            flags,
-                            seq: 0,
-                            len: 0,
-                        },
-                        None,
-                    ),
-                    Event::Tcp(flags) => Some(tcp_next(old, flags)),
-                    Event::TcpSeq(seg) if secure => tcp_next_secure(old, seg, next),
-                    Event::TcpSeq(seg) => Some(tcp_next(old, seg.flags)),
-                    Event::Udp => Some(ConnState::Udp),
-                };
-                let target = c.target();
-                let Some(new) = stepped else {
-                    // secure_tcp: not a valid step. Forwarded (the real server
-                    // judges it), but the entry keeps its state and deadline.
-                    return Ok(Hit {
-                        target,
-                        created: false,
-                        old: Some(old),
-                        new: old,
-                    });
-                };
-                if let Event::TcpSeq(seg) = ev {
-                    // Track the client's sequence (always, so secure_tcp can
-                    // start at any time); a new SYN resets it.
-                    let end = seg.end();
-                    if c.seq_next == 0
-                        || (new == ConnState::SynRecv && old != ConnState::SynRecv)
-                        || (end.wrapping_sub(c.seq_next) as i32) > 0
-                    {
-                        c.seq_next = end;
-                    }
-                }
-                c.state = new;
-                let expires = now.saturating_add(self.timeout_of(new));
-                c.expires = expires;
-                if old != new
-                    && self.sync.load(Ordering::Relaxed)
-                    && sh.sync_out.len() < SYNC_QUEUE_MAX
-                {
-                    sh.sync_out.push(*c);
-                }
-                // Lazy refresh: only move the timer when the deadline shortens
-                // (e.g. ESTABLISHED → FIN_WAIT); a later deadline is picked up
-                // when the old one fires.
-                if !matches!(sh.wheel.when(id), Some(w) if (expires as u64) >= w) {
-                    sh.wheel.schedule(id, expires as u64);
-                }
+        // One walk of the bucket's chain for both outcomes; a miss (a SYN
+        // flood is all misses) inserts at the head of the same bucket.
+        if let Some(id) = sh.store.find(&key, hash) {
+            let c = sh.store.get_mut(id);
+            let old = c.state;
+            let secure = self.secure.load(Ordering::Relaxed);
+            let next = (c.seq_next != 0).then_some(c.seq_next);
+            let stepped = match ev {
+                Event::Tcp(flags) if secure => tcp_next_secure(
+                    old,
+                    Segment {
+                        flags,
+                        seq: 0,
+                        len: 0,
+                    },
+                    None,
+                ),
+                Event::Tcp(flags) => Some(tcp_next(old, flags)),
+                Event::TcpSeq(seg) if secure => tcp_next_secure(old, seg, next),
+                Event::TcpSeq(seg) => Some(tcp_next(old, seg.flags)),
+                Event::Udp => Some(ConnState::Udp),
+            };
+            let conn = c.conn();
+            let target = conn.target();
+            let Some(new) = stepped else {
+                // secure_tcp: not a valid step. Forwarded (the real server
+                // judges it), but the entry keeps its state and deadline.
                 return Ok(Hit {
                     target,
                     created: false,
                     old: Some(old),
-                    new,
+                    new: old,
                 });
+            };
+            if let Event::TcpSeq(seg) = ev {
+                // Track the client's sequence (always, so secure_tcp can
+                // start at any time); a new SYN resets it.
+                let end = seg.end();
+                if c.seq_next == 0
+                    || (new == ConnState::SynRecv && old != ConnState::SynRecv)
+                    || (end.wrapping_sub(c.seq_next) as i32) > 0
+                {
+                    c.seq_next = end;
+                }
             }
-        };
+            c.state = new;
+            let was = c.expires;
+            let expires = now.saturating_add(self.timeout_of(new));
+            c.expires = expires;
+            if old != new && self.sync.load(Ordering::Relaxed) && sh.sync_out.len() < SYNC_QUEUE_MAX
+            {
+                let rec = sh.store.get(id).conn();
+                sh.sync_out.push(rec);
+            }
+            // Lazy refresh: the timer moves only when the deadline shortens
+            // (e.g. ESTABLISHED → FIN_WAIT); a later deadline is picked up
+            // when the old one fires.
+            if expires < was {
+                sh.wheel.schedule(&mut sh.store, id);
+            }
+            return Ok(Hit {
+                target,
+                created: false,
+                old: Some(old),
+                new,
+            });
+        }
         let state = match ev {
             Event::Tcp(flags) if tcp_may_create(flags) => ConnState::SynRecv,
             Event::TcpSeq(seg) if tcp_may_create(seg.flags) => ConnState::SynRecv,
             Event::Tcp(_) | Event::TcpSeq(_) => return Err(DropReason::NoConnection),
             Event::Udp => ConnState::Udp,
         };
-        if sh.conns.len() >= self.per_shard_max {
+        if sh.store.len() >= self.per_shard_max {
             return Err(DropReason::TableFull);
         }
         let target = schedule()?;
@@ -397,9 +416,8 @@ impl ConnTable {
                 _ => 0,
             },
         };
-        let id = sh.conns.insert(conn) as u32;
-        vacant.insert(id);
-        sh.wheel.schedule(id, expires as u64);
+        let id = sh.store.insert(&conn, hash);
+        sh.wheel.schedule(&mut sh.store, id);
         if self.sync.load(Ordering::Relaxed) && sh.sync_out.len() < SYNC_QUEUE_MAX {
             sh.sync_out.push(conn);
         }
@@ -416,9 +434,10 @@ impl ConnTable {
 
     /// A copy of the entry for `key`.
     pub fn get(&self, key: &ConnKey) -> Option<Conn> {
-        let sh = lock(self.shard(key));
-        let id = *sh.map.get(key)?;
-        sh.conns.get(id as usize).copied()
+        let (hash, shard) = self.shard(key);
+        let sh = lock(shard);
+        let id = sh.store.find(key, hash)?;
+        Some(sh.store.get(id).conn())
     }
 
     /// VS/NAT: the connection a reply from the real server belongs to.
@@ -434,30 +453,29 @@ impl ConnTable {
     pub fn expire(&self, now: u32, mut on_expire: impl FnMut(&Conn)) -> usize {
         let mut removed = 0;
         let mut gone = Vec::new();
+        // Expired entries are unchained in small batches, their buckets
+        // prefetched while the wheel's list is walked.
+        let mut pending = Vec::with_capacity(EXPIRE_BATCH);
         for shard in self.shards.iter() {
             let mut guard = lock(shard);
-            let sh = &mut *guard;
-            let mut due = Vec::new();
-            sh.wheel.advance(now as u64, |id| due.push(id));
-            for id in due {
-                let Some(c) = sh.conns.get_mut(id as usize) else {
-                    continue;
-                };
+            let Shard { store, wheel, .. } = &mut *guard;
+            wheel.advance(store, now as u64, |store, id| {
+                let c = store.get_mut(id);
                 if c.state == ConnState::Template && c.refs > 0 && c.expires <= now {
                     c.expires = now.saturating_add(c.timeout.max(1));
                 }
                 if c.expires > now {
-                    sh.wheel.schedule(id, c.expires as u64);
-                    continue;
+                    return true;
                 }
-                let c = sh.conns.remove(id as usize);
-                sh.map.remove(&c.key);
-                if c.nat && c.state != ConnState::Template {
-                    lock(self.rev_shard(&c.rev_key())).remove(&c.rev_key());
+                let hash = self.hasher.hash_one(c.key());
+                store.prefetch_bucket(hash);
+                pending.push((id, hash));
+                if pending.len() == EXPIRE_BATCH {
+                    removed += self.unchain(store, &mut pending, &mut gone);
                 }
-                removed += 1;
-                gone.push(c);
-            }
+                false
+            });
+            removed += self.unchain(store, &mut pending, &mut gone);
             drop(guard);
             for c in gone.drain(..) {
                 on_expire(&c);
@@ -466,28 +484,39 @@ impl ConnTable {
         removed
     }
 
+    /// Removes the entries `pending` names (already off the wheel) and
+    /// their reply index; returns how many.
+    fn unchain(
+        &self,
+        store: &mut store::Store,
+        pending: &mut Vec<(u32, u64)>,
+        gone: &mut Vec<Conn>,
+    ) -> usize {
+        let n = pending.len();
+        for (id, hash) in pending.drain(..) {
+            let c = store.remove(id, hash);
+            if c.nat && c.state != ConnState::Template {
+                lock(self.rev_shard(&c.rev_key())).remove(&c.rev_key());
+            }
+            gone.push(c);
+        }
+        n
+    }
+
     /// Calls `f` on a copy of every entry (for listing; locks one shard at a
     /// time).
     pub fn for_each(&self, mut f: impl FnMut(&Conn)) {
         for shard in self.shards.iter() {
             let sh = lock(shard);
-            for (_, c) in sh.conns.iter() {
-                f(c);
+            for (_, e) in sh.store.iter() {
+                f(&e.conn());
             }
         }
     }
 
-    /// Approximate heap bytes held (map buckets, slab, wheel arrays).
+    /// Approximate heap bytes held (entries and buckets).
     pub fn memory_bytes(&self) -> usize {
-        let mut b = 0;
-        for shard in self.shards.iter() {
-            let sh = lock(shard);
-            b += sh.map.capacity() * (std::mem::size_of::<(ConnKey, u32)>() + 1) * 8 / 7;
-            // Slab slots are an enum: the entry plus a tag word.
-            b += sh.conns.capacity() * (std::mem::size_of::<Conn>() + 8);
-            b += sh.wheel.bytes();
-        }
-        b
+        self.shards.iter().map(|s| lock(s).store.bytes()).sum()
     }
 }
 
@@ -520,16 +549,19 @@ mod tests {
 
     #[test]
     fn entry_fits_128_bytes() {
-        // Entry + slab tag + map slot + wheel links, per connection.
-        let per = std::mem::size_of::<Conn>() + 8 + std::mem::size_of::<(ConnKey, u32)>() + 1 + 20;
-        // 52 bytes keeps 2,000,000 entries under 256 MB (the ignored
-        // `two_million_connections_fit_256mb` measures it).
-        assert!(
-            std::mem::size_of::<Conn>() <= 52,
-            "{}",
-            std::mem::size_of::<Conn>()
-        );
+        // One 64-byte entry (key, target, state, bucket chain and timer
+        // links) plus at most two 4-byte buckets (the bucket count is the
+        // shard's ceiling rounded up to a power of two). 2,000,000 entries
+        // fit in 256 MB (the ignored `two_million_connections_fit_256mb`
+        // measures it).
+        let per = std::mem::size_of::<store::Entry>() + 2 * 4;
         assert!(per <= 128, "{per}");
+        let t = ConnTable::new(4, 1000, Timeouts::default(), 1);
+        assert!(
+            t.memory_bytes() <= 1000 * 9 / 8 * per + 4 * per,
+            "{}",
+            t.memory_bytes()
+        );
     }
 
     #[test]
@@ -713,6 +745,93 @@ mod tests {
         assert_eq!(t.lookup_reply(&r).map(|c| c.key), Some(key(7)));
         t.expire(100, |_| {});
         assert!(t.lookup_reply(&r).is_none());
+    }
+
+    /// The table against a model (a plain map of state and deadline) over
+    /// many random steps: creations, state changes that move deadlines
+    /// later (lazily) and earlier (rescheduled), resets, expiry in batches,
+    /// entries chained several to a bucket and freed slots reused. NAT
+    /// entries' reply index must follow.
+    #[test]
+    fn matches_a_model_under_random_traffic() {
+        use crate::packet::parse::TCP_RST;
+        let timeouts = Timeouts {
+            tcp_syn: 5,
+            tcp_established: 40,
+            tcp_fin: 3,
+            tcp_close: 2,
+            udp: 30,
+        };
+        // 2 shards of 64 buckets for up to 600 live entries: long chains.
+        let t = ConnTable::new(2, 100, timeouts, 11);
+        let t = ConnTable {
+            per_shard_max: 10_000,
+            ..t
+        };
+        let mut model: HashMap<u16, (ConnState, u32)> = HashMap::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let nat = |port: u16| port.is_multiple_of(3);
+        let rev = |port: u16| RevKey {
+            raddr: 0x0ac9_020b + (port % 2) as u32,
+            caddr: 0x0ac9_0102,
+            rport: 80,
+            cport: port,
+            proto: 6,
+        };
+        let mut now = 0u32;
+        for step in 0..60_000u32 {
+            if step.is_multiple_of(50) {
+                now += rnd(3) as u32;
+                let mut gone = Vec::new();
+                t.expire(now, |c| gone.push(c.key.cport));
+                gone.sort();
+                let mut due: Vec<u16> = model
+                    .iter()
+                    .filter(|(_, &(_, exp))| exp <= now)
+                    .map(|(&p, _)| p)
+                    .collect();
+                due.sort();
+                assert_eq!(gone, due, "expired at {now}");
+                model.retain(|_, (_, exp)| *exp > now);
+            }
+            let port = rnd(600) as u16;
+            let flags = [TCP_SYN, TCP_ACK, TCP_ACK, TCP_FIN | TCP_ACK, TCP_RST][rnd(5) as usize];
+            let r = t.track(key(port), Event::Tcp(flags), now, [0; 6], || {
+                Ok(Target {
+                    nat: nat(port),
+                    ..target(port % 2)?
+                })
+            });
+            match model.get_mut(&port) {
+                Some((state, exp)) => {
+                    let new = tcp_next(*state, flags);
+                    assert_eq!(r.map(|h| (h.old, h.new)), Ok((Some(*state), new)));
+                    *state = new;
+                    *exp = now + timeouts.of(new);
+                }
+                None if tcp_may_create(flags) => {
+                    assert!(r.unwrap().created);
+                    model.insert(port, (ConnState::SynRecv, now + timeouts.tcp_syn));
+                }
+                None => assert_eq!(r, Err(DropReason::NoConnection)),
+            }
+        }
+        assert_eq!(t.len(), model.len());
+        for port in 0..600 {
+            let got = t.get(&key(port)).map(|c| (c.state, c.expires));
+            assert_eq!(got, model.get(&port).copied(), "port {port}");
+            let reply = t.lookup_reply(&rev(port)).map(|c| c.key);
+            let want = (nat(port) && model.contains_key(&port)).then_some(key(port));
+            assert_eq!(reply, want, "reply index of port {port}");
+        }
+        t.expire(now + 100, |_| {});
+        assert!(t.is_empty());
     }
 
     /// 2,000,000 connections must fit in 256 MB (the thesis' 128 bytes per
