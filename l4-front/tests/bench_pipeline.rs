@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use l4_front::config::Config;
-use l4_front::conn::Stage;
 use l4_front::datapath::{Processor, Verdict};
 use l4_front::packet::build::{tcp_frame, TcpSpec, DIRECTOR_MAC};
 use l4_front::packet::parse::TCP_ACK;
@@ -168,11 +167,7 @@ fn steady(batched: bool) {
                 frame[24..26].copy_from_slice(&c.to_be_bytes());
             }
             if batched {
-                for stage in [Stage::Bucket, Stage::Entry] {
-                    for frame in &frames {
-                        p.prefetch(frame, stage);
-                    }
-                }
+                p.prefetch_batch(frames.iter().map(|f| &f[..]));
             }
             for frame in frames.iter_mut() {
                 if !matches!(

@@ -6,4 +6,4 @@ pub mod table;
 pub mod wheel;
 
 pub use state::{ConnState, Segment, Timeouts};
-pub use table::{Conn, ConnKey, ConnTable, Event, Hit, RevKey, Stage, Target};
+pub use table::{Conn, ConnKey, ConnTable, Event, Hit, Loc, RevKey, Stage, Target};

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::config::Method;
-use crate::conn::{ConnKey, ConnState, Event, Hit, RevKey, Segment, Stage, Target};
+use crate::conn::{ConnKey, ConnState, Event, Hit, Loc, RevKey, Segment, Stage, Target};
 use crate::packet::parse::{self, icmp_is_error, parse_icmp_quote, ETH_HLEN};
 use crate::packet::rewrite::{self, NatSide, TUN_OVERHEAD};
 use crate::packet::{DropReason, Frame, Ipv4, L4};
@@ -42,6 +42,9 @@ pub struct Processor {
     ip_id: u16,
     /// drop_packet: new connections left until the next refused one.
     drop_ctr: u32,
+    /// [`Processor::prefetch_batch`]'s keys (reused: no allocation per
+    /// batch once it has grown to the largest one).
+    locs: Vec<Loc>,
 }
 
 /// The connection key of an unfragmented TCP or UDP packet in an Ethernet
@@ -79,6 +82,7 @@ impl Processor {
             out: vec![0u8; OUT_BUF],
             ip_id: 1,
             drop_ctr,
+            locs: Vec::new(),
         }
     }
 
@@ -109,24 +113,20 @@ impl Processor {
         v
     }
 
-    /// Batch hint for a frame about to be processed: starts loading the
-    /// connection-table lines its lookup will read (see
+    /// Batch hint for frames about to be processed: starts loading the
+    /// connection-table lines their lookups will read — every bucket
+    /// first, then every entry (by then the buckets have arrived; see
     /// [`crate::conn::ConnTable::prefetch`]). Reads only the few header
-    /// bytes that make the key, with no validation: a frame that is not a
+    /// bytes that make each key, with no validation: a frame that is not a
     /// TCP/UDP packet to a VIP only wastes a prefetch.
-    #[inline]
-    pub fn prefetch(&self, frame: &[u8], stage: Stage) {
-        if let Some(key) = flow_key(frame) {
-            self.shared.table.prefetch(&key, stage);
-        }
-    }
-
-    /// [`Processor::prefetch`] over a batch about to be processed: every
-    /// bucket first, then every entry (by then the buckets have arrived).
-    pub fn prefetch_batch<'a>(&self, frames: impl Iterator<Item = &'a [u8]> + Clone) {
+    pub fn prefetch_batch<'a>(&mut self, frames: impl Iterator<Item = &'a [u8]>) {
+        let table = &self.shared.table;
+        self.locs.clear();
+        self.locs
+            .extend(frames.filter_map(flow_key).map(|k| table.locate(&k)));
         for stage in [Stage::Bucket, Stage::Entry] {
-            for f in frames.clone() {
-                self.prefetch(f, stage);
+            for &loc in &self.locs {
+                table.prefetch(loc, stage);
             }
         }
     }

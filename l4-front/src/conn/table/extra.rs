@@ -30,11 +30,7 @@ impl ConnTable {
         let mut out = Vec::with_capacity(ids.len());
         for (id, key) in ids {
             sh.wheel.cancel(&mut sh.store, id);
-            let c = sh.store.remove(id, self.hasher.hash_one(key));
-            if c.nat {
-                lock(self.rev_shard(&c.rev_key())).remove(&c.rev_key());
-            }
-            out.push(c);
+            out.push(sh.store.remove(id, self.hasher.hash_one(key)));
         }
         out
     }
@@ -82,9 +78,6 @@ impl ConnTable {
         };
         let id = sh.store.insert(&conn, hash);
         sh.wheel.schedule(&mut sh.store, id);
-        if conn.nat {
-            lock(self.rev_shard(&conn.rev_key())).insert(conn.rev_key(), conn.key);
-        }
         Ok(None)
     }
     /// Persistence (§5.2.6): the template for `tkey` (created through
@@ -103,8 +96,8 @@ impl ConnTable {
         let expires = now.saturating_add(timeout);
         if let Some(id) = sh.store.find(&tkey, hash) {
             let c = sh.store.get_mut(id);
-            c.refs = c.refs.saturating_add(1);
-            // Only ever later: the wheel picks it up when the old one fires.
+            c.aux = c.aux.saturating_add(1); // refs
+                                             // Only ever later: the wheel picks it up when the old one fires.
             c.expires = c.expires.max(expires);
             return Ok(c.conn().target());
         }
@@ -138,7 +131,7 @@ impl ConnTable {
         let mut sh = lock(shard);
         if let Some(id) = sh.store.find(tkey, hash) {
             let c = sh.store.get_mut(id);
-            c.refs = c.refs.saturating_sub(1);
+            c.aux = c.aux.saturating_sub(1); // refs
         }
     }
 }

@@ -7,7 +7,6 @@
 //! `max_connections` (counted as `table_full` drops), which is what keeps a
 //! SYN flood from random sources from growing the director without bound.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -133,6 +132,13 @@ pub enum Event {
     Udp,
 }
 
+/// A key's hash and shard ([`ConnTable::locate`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Loc {
+    hash: u64,
+    shard: u32,
+}
+
 /// What [`ConnTable::prefetch`] loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -174,7 +180,6 @@ pub struct ConnTable {
     shards: Box<[Mutex<Shard>]>,
     /// Per shard, for [`ConnTable::prefetch`].
     hints: Box<[store::Hint]>,
-    rev: Box<[Mutex<HashMap<RevKey, ConnKey, SeededState>>]>,
     hasher: SeededState,
     mask: usize,
     max: usize,
@@ -208,7 +213,7 @@ impl ConnTable {
         let pre = (each + each / 8 + 1).min(PREALLOC_MAX / n);
         let mk = |_| {
             Mutex::new(Shard {
-                store: store::Store::new(pre),
+                store: store::Store::new(pre, hasher),
                 wheel: TimingWheel::new(0),
                 sync_out: Vec::new(),
             })
@@ -217,9 +222,6 @@ impl ConnTable {
         ConnTable {
             hints: shards.iter().map(|s| lock(s).store.hint()).collect(),
             shards,
-            rev: (0..n)
-                .map(|_| Mutex::new(HashMap::with_hasher(hasher)))
-                .collect(),
             hasher,
             mask: n - 1,
             max: max_connections.max(1),
@@ -268,31 +270,44 @@ impl ConnTable {
         self.shards.len()
     }
 
-    /// The key's hash and shard: high bits pick the shard, low bits the
-    /// bucket within it.
+    /// The key's hash (its low bits pick the bucket) and its shard. The
+    /// shard depends only on what a VS/NAT reply also carries — the
+    /// client's address and port and the protocol — so the reply index
+    /// lives in the same shard as the connection.
     fn shard(&self, key: &ConnKey) -> (u64, &Mutex<Shard>) {
-        let h = self.hasher.hash_one(key);
-        (h, &self.shards[(h >> 48) as usize & self.mask])
+        (
+            self.hasher.hash_one(key),
+            &self.shards[self.shard_index(key.caddr, key.cport, key.proto)],
+        )
     }
 
-    /// Starts loading, without locking, what looking `key` up will read:
-    /// `Stage::Bucket` its bucket, then (a batch later, when that has
-    /// arrived) `Stage::Entry` the entry the bucket points to. Workers call
-    /// it for every frame of a batch before processing the batch, so the
-    /// cache misses of a large table overlap instead of adding up.
+    fn shard_index(&self, caddr: u32, cport: u16, proto: u8) -> usize {
+        let h = self.hasher.hash_one((caddr, cport, proto));
+        (h >> 48) as usize & self.mask
+    }
+
+    /// Where `key` lives, for [`ConnTable::prefetch`].
     #[inline]
-    pub fn prefetch(&self, key: &ConnKey, stage: Stage) {
-        let h = self.hasher.hash_one(key);
-        let hint = &self.hints[(h >> 48) as usize & self.mask];
-        match stage {
-            Stage::Bucket => hint.bucket(h),
-            Stage::Entry => hint.entry(h),
+    pub fn locate(&self, key: &ConnKey) -> Loc {
+        Loc {
+            hash: self.hasher.hash_one(key),
+            shard: self.shard_index(key.caddr, key.cport, key.proto) as u32,
         }
     }
 
-    fn rev_shard(&self, key: &RevKey) -> &Mutex<HashMap<RevKey, ConnKey, SeededState>> {
-        let h = self.hasher.hash_one(key) as usize;
-        &self.rev[(h >> 48) & self.mask]
+    /// Starts loading, without locking, what looking up the key at `loc`
+    /// will read: `Stage::Bucket` its bucket, then (a batch later, when
+    /// that has arrived) `Stage::Entry` the entry the bucket points to.
+    /// Workers do this for every frame of a batch before processing the
+    /// batch, so the cache misses of a large table overlap instead of
+    /// adding up.
+    #[inline]
+    pub fn prefetch(&self, loc: Loc, stage: Stage) {
+        let hint = &self.hints[loc.shard as usize & self.mask];
+        match stage {
+            Stage::Bucket => hint.bucket(loc.hash),
+            Stage::Entry => hint.entry(loc.hash),
+        }
     }
 
     /// Number of entries.
@@ -325,7 +340,7 @@ impl ConnTable {
             let c = sh.store.get_mut(id);
             let old = c.state;
             let secure = self.secure.load(Ordering::Relaxed);
-            let next = (c.seq_next != 0).then_some(c.seq_next);
+            let next = (c.aux != 0).then_some(c.aux);
             let stepped = match ev {
                 Event::Tcp(flags) if secure => tcp_next_secure(
                     old,
@@ -357,11 +372,11 @@ impl ConnTable {
                 // Track the client's sequence (always, so secure_tcp can
                 // start at any time); a new SYN resets it.
                 let end = seg.end();
-                if c.seq_next == 0
+                if c.aux == 0
                     || (new == ConnState::SynRecv && old != ConnState::SynRecv)
-                    || (end.wrapping_sub(c.seq_next) as i32) > 0
+                    || (end.wrapping_sub(c.aux) as i32) > 0
                 {
-                    c.seq_next = end;
+                    c.aux = end;
                 }
             }
             c.state = new;
@@ -421,9 +436,6 @@ impl ConnTable {
         if self.sync.load(Ordering::Relaxed) && sh.sync_out.len() < SYNC_QUEUE_MAX {
             sh.sync_out.push(conn);
         }
-        if target.nat {
-            lock(self.rev_shard(&conn.rev_key())).insert(conn.rev_key(), key);
-        }
         Ok(Hit {
             target,
             created: true,
@@ -442,8 +454,9 @@ impl ConnTable {
 
     /// VS/NAT: the connection a reply from the real server belongs to.
     pub fn lookup_reply(&self, rkey: &RevKey) -> Option<Conn> {
-        let key = *lock(self.rev_shard(rkey)).get(rkey)?;
-        self.get(&key)
+        let sh = lock(&self.shards[self.shard_index(rkey.caddr, rkey.cport, rkey.proto)]);
+        let id = sh.store.find_reply(rkey)?;
+        Some(sh.store.get(id).conn())
     }
 
     /// Runs the slow timer up to `now`: every entry whose deadline passed is
@@ -461,7 +474,7 @@ impl ConnTable {
             let Shard { store, wheel, .. } = &mut *guard;
             wheel.advance(store, now as u64, |store, id| {
                 let c = store.get_mut(id);
-                if c.state == ConnState::Template && c.refs > 0 && c.expires <= now {
+                if c.state == ConnState::Template && c.aux > 0 && c.expires <= now {
                     c.expires = now.saturating_add(c.timeout.max(1));
                 }
                 if c.expires > now {
@@ -484,8 +497,8 @@ impl ConnTable {
         removed
     }
 
-    /// Removes the entries `pending` names (already off the wheel) and
-    /// their reply index; returns how many.
+    /// Removes the entries `pending` names (already off the wheel);
+    /// returns how many.
     fn unchain(
         &self,
         store: &mut store::Store,
@@ -494,11 +507,7 @@ impl ConnTable {
     ) -> usize {
         let n = pending.len();
         for (id, hash) in pending.drain(..) {
-            let c = store.remove(id, hash);
-            if c.nat && c.state != ConnState::Template {
-                lock(self.rev_shard(&c.rev_key())).remove(&c.rev_key());
-            }
-            gone.push(c);
+            gone.push(store.remove(id, hash));
         }
         n
     }
@@ -524,6 +533,7 @@ impl ConnTable {
 mod tests {
     use super::*;
     use crate::packet::parse::{TCP_ACK, TCP_FIN, TCP_SYN};
+    use std::collections::HashMap;
 
     fn key(port: u16) -> ConnKey {
         ConnKey {

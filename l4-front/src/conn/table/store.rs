@@ -17,17 +17,23 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use super::{Conn, ConnKey, ConnState};
+use std::hash::BuildHasher;
+
+use super::{Conn, ConnKey, ConnState, RevKey};
 use crate::conn::wheel::{Links, NONE};
+use crate::hash::SeededState;
 
 const NAT: u8 = 1;
 const TUN: u8 = 2;
 const PERSISTENT: u8 = 4;
 const LIVE: u8 = 8;
+/// Linked in the reply index (VS/NAT connections).
+const REV: u8 = 16;
 const NO_SLOT: u16 = u16::MAX;
 
 /// A connection as stored: [`Conn`]'s fields flattened so that they, the
-/// bucket chain and the timer links fill exactly one 64-byte line.
+/// two bucket chains (by client and, for VS/NAT, by reply) and the timer
+/// links fill exactly one 64-byte line.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 pub(super) struct Entry {
@@ -35,11 +41,15 @@ pub(super) struct Entry {
     vaddr: u32,
     raddr: u32,
     pub expires: u32,
-    pub refs: u32,
     pub timeout: u32,
-    pub seq_next: u32,
+    /// A template's `refs` (connections using it); a connection's
+    /// `seq_next`. (A template never carries a sequence, nor a connection
+    /// references.)
+    pub aux: u32,
     /// Next entry in the bucket's chain (or in the free list).
     hnext: u32,
+    /// Next entry in the reply bucket's chain.
+    rnext: u32,
     wnext: u32,
     wprev: u32,
     cport: u16,
@@ -64,10 +74,14 @@ impl Entry {
             vaddr: c.key.vaddr,
             raddr: c.raddr,
             expires: c.expires,
-            refs: c.refs,
             timeout: c.timeout,
-            seq_next: c.seq_next,
+            aux: if c.state == ConnState::Template {
+                c.refs
+            } else {
+                c.seq_next
+            },
             hnext: NONE,
+            rnext: NONE,
             wnext: NONE,
             wprev: NONE,
             cport: c.key.cport,
@@ -89,6 +103,26 @@ impl Entry {
             vaddr: self.vaddr,
             cport: self.cport,
             vport: self.vport,
+            proto: self.proto,
+        }
+    }
+
+    /// Whether a reply keyed `r` belongs to this entry.
+    fn replies_to(&self, r: &RevKey) -> bool {
+        self.flags & REV != 0
+            && self.raddr == r.raddr
+            && self.rport == r.rport
+            && self.caddr == r.caddr
+            && self.cport == r.cport
+            && self.proto == r.proto
+    }
+
+    fn rev_key(&self) -> RevKey {
+        RevKey {
+            raddr: self.raddr,
+            caddr: self.caddr,
+            rport: self.rport,
+            cport: self.cport,
             proto: self.proto,
         }
     }
@@ -118,16 +152,28 @@ impl Entry {
             nat: self.flags & NAT != 0,
             tun: self.flags & TUN != 0,
             persistent: self.flags & PERSISTENT != 0,
-            refs: self.refs,
+            refs: if self.state == ConnState::Template {
+                self.aux
+            } else {
+                0
+            },
             timeout: self.timeout,
             cmac: self.cmac,
-            seq_next: self.seq_next,
+            seq_next: if self.state == ConnState::Template {
+                0
+            } else {
+                self.aux
+            },
         }
     }
 }
 
 /// Entries, their hash buckets and the free list of one shard.
 pub(super) struct Store {
+    hasher: SeededState,
+    /// The reply index's buckets (as many as `buckets`), allocated with
+    /// the shard's first VS/NAT connection.
+    rbuckets: Vec<u32>,
     entries: Vec<Entry>,
     /// Written only under the shard's lock; atomic so that [`Hint`] may
     /// read them without it.
@@ -141,9 +187,11 @@ pub(super) struct Store {
 impl Store {
     /// Room for `reserve` entries without reallocating, and
     /// `reserve.next_power_of_two()` buckets.
-    pub fn new(reserve: usize) -> Self {
+    pub fn new(reserve: usize, hasher: SeededState) -> Self {
         let n = reserve.max(1).next_power_of_two();
         Store {
+            hasher,
+            rbuckets: Vec::new(),
             entries: Vec::with_capacity(reserve),
             buckets: (0..n).map(|_| AtomicU32::new(NONE)).collect(),
             mask: n - 1,
@@ -159,7 +207,25 @@ impl Store {
 
     /// Heap bytes held.
     pub fn bytes(&self) -> usize {
-        self.entries.capacity() * std::mem::size_of::<Entry>() + self.buckets.len() * 4
+        self.entries.capacity() * std::mem::size_of::<Entry>()
+            + (self.buckets.len() + self.rbuckets.len()) * 4
+    }
+
+    fn rbucket(&self, r: &RevKey) -> usize {
+        self.hasher.hash_one(r) as usize & self.mask
+    }
+
+    /// The id of the VS/NAT connection a reply keyed `r` belongs to.
+    pub fn find_reply(&self, r: &RevKey) -> Option<u32> {
+        let mut id = *self.rbuckets.get(self.rbucket(r))?;
+        while id != NONE {
+            let e = &self.entries[id as usize];
+            if e.replies_to(r) {
+                return Some(id);
+            }
+            id = e.rnext;
+        }
+        None
     }
 
     /// Where a lookup of a hash will read, for prefetching without the
@@ -206,7 +272,8 @@ impl Store {
     }
 
     /// Stores `c` (whose key hashes to `hash`, and is not present) and
-    /// returns its id. Not scheduled on the wheel yet.
+    /// returns its id; a VS/NAT connection (not a template) is also
+    /// indexed by its replies. Not scheduled on the wheel yet.
     pub fn insert(&mut self, c: &Conn, hash: u64) -> u32 {
         let mut e = Entry::new(c);
         let bucket = &self.buckets[hash as usize & self.mask];
@@ -225,6 +292,16 @@ impl Store {
             (self.entries.len() - 1) as u32
         };
         bucket.store(id, Ordering::Relaxed);
+        if c.nat && c.state != ConnState::Template {
+            if self.rbuckets.is_empty() {
+                self.rbuckets = vec![NONE; self.buckets.len()];
+            }
+            let b = self.rbucket(&c.rev_key());
+            let e = &mut self.entries[id as usize];
+            e.rnext = self.rbuckets[b];
+            e.flags |= REV;
+            self.rbuckets[b] = id;
+        }
         self.live += 1;
         id
     }
@@ -245,6 +322,23 @@ impl Store {
                     break;
                 }
                 cur = e.hnext;
+            }
+        }
+        if self.entries[id as usize].flags & REV != 0 {
+            let b = self.rbucket(&self.entries[id as usize].rev_key());
+            let next = self.entries[id as usize].rnext;
+            if self.rbuckets[b] == id {
+                self.rbuckets[b] = next;
+            } else {
+                let mut cur = self.rbuckets[b];
+                while cur != NONE {
+                    let e = &mut self.entries[cur as usize];
+                    if e.rnext == id {
+                        e.rnext = next;
+                        break;
+                    }
+                    cur = e.rnext;
+                }
             }
         }
         let e = &mut self.entries[id as usize];
@@ -377,7 +471,7 @@ mod tests {
             nat: true,
             tun: false,
             persistent: true,
-            refs: 3,
+            refs: 0,
             timeout: 4,
             cmac: [1, 2, 3, 4, 5, 6],
             seq_next: 7,
@@ -387,7 +481,7 @@ mod tests {
     #[test]
     fn round_trips_and_chains_share_a_bucket() {
         // 2 buckets: every hash below lands in bucket 0 or 1.
-        let mut s = Store::new(2);
+        let mut s = Store::new(2, SeededState::new(1));
         let ids: Vec<u32> = (0..5).map(|p| s.insert(&conn(p), 0)).collect();
         assert_eq!(s.len(), 5);
         for (p, &id) in ids.iter().enumerate() {
@@ -412,5 +506,16 @@ mod tests {
         assert!(ids.contains(&id));
         assert_eq!(s.entries.len(), 5);
         assert_eq!(s.find(&conn(20).key, 1), Some(id));
+        // The reply index (all of these are VS/NAT connections).
+        let rev = |p: u16| conn(p).rev_key();
+        for p in [1, 3, 20] {
+            assert_eq!(
+                s.find_reply(&rev(p)).map(|i| s.get(i).key()),
+                Some(conn(p).key)
+            );
+        }
+        s.remove(id, 1);
+        assert_eq!(s.find_reply(&rev(20)), None);
+        assert_eq!(s.find_reply(&rev(1)), Some(ids[1]));
     }
 }
