@@ -284,6 +284,9 @@ fn cls_killed_then_restarted_client_fails_fast_and_reconnects() {
         }
         assert!(errors > 5);
         assert!(!c.is_connected());
+        // (A reconnect attempt may still have been accepted by the
+        // listener while it was shutting down, and counted.)
+        let before = c.stats().connects;
 
         // Restart on the same port: the client comes back by itself.
         let h2 = spawn(config(
@@ -295,7 +298,7 @@ fn cls_killed_then_restarted_client_fails_fast_and_reconnects() {
         .unwrap();
         assert!(c.wait_connected(Duration::from_secs(2)).await);
         assert!(c.lookup([3; 16], 0, None).await.is_ok());
-        assert_eq!(c.stats().connects, 2);
+        assert!(c.stats().connects > before, "{} vs {before}", c.stats().connects);
         drop(h2);
     });
 }
