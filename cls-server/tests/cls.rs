@@ -298,7 +298,11 @@ fn cls_killed_then_restarted_client_fails_fast_and_reconnects() {
         .unwrap();
         assert!(c.wait_connected(Duration::from_secs(2)).await);
         assert!(c.lookup([3; 16], 0, None).await.is_ok());
-        assert!(c.stats().connects > before, "{} vs {before}", c.stats().connects);
+        assert!(
+            c.stats().connects > before,
+            "{} vs {before}",
+            c.stats().connects
+        );
         drop(h2);
     });
 }

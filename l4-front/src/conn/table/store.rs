@@ -4,20 +4,20 @@
 //!
 //! A SYN flood from random sources is all misses on a large, cold table, so
 //! what a new connection costs is the cache lines it touches. Here inserting
-//! touches the bucket and the entry (a slot just freed by the slow timer, so
-//! usually still cached) and expiring touches the entry and its bucket. A
-//! general-purpose map plus a slab plus per-id timer arrays touched about
-//! three times as many lines (control bytes, key slot, slab slot, four timer
-//! arrays).
+//! touches the bucket and the entry (the free list's head, prefetched at the
+//! previous insert) and expiring touches the entry and its bucket; the
+//! workers prefetch a batch's buckets and entries before processing it
+//! ([`Hint`]). A general-purpose map plus a slab plus per-id timer arrays
+//! touched about three times as many lines (control bytes, key slot, slab
+//! slot, four timer arrays).
 //!
 //! The bucket array is sized once for the shard's ceiling and never
 //! rehashed: past it, chains grow longer instead of the shard stalling on a
 //! rehash under a flood.
 
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-
-use std::hash::BuildHasher;
 
 use super::{Conn, ConnKey, ConnState, RevKey};
 use crate::conn::wheel::{Links, NONE};
