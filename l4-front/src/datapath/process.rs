@@ -42,6 +42,9 @@ pub struct Processor {
     ip_id: u16,
     /// drop_packet: new connections left until the next refused one.
     drop_ctr: u32,
+    /// No checksum metadata comes with the frames (AF_XDP): recognise
+    /// partial checksums by their value ([`rewrite::looks_partial`]).
+    infer_partial: bool,
     /// [`Processor::prefetch_batch`]'s keys (reused: no allocation per
     /// batch once it has grown to the largest one).
     locs: Vec<Loc>,
@@ -82,8 +85,16 @@ impl Processor {
             out: vec![0u8; OUT_BUF],
             ip_id: 1,
             drop_ctr,
+            infer_partial: false,
             locs: Vec::new(),
         }
+    }
+
+    /// For a receive path that cannot tell which frames carry a checksum
+    /// the sender's offload left partial (AF_XDP): recognise them by
+    /// value and complete them before forwarding.
+    pub fn infer_partial_checksums(&mut self, on: bool) {
+        self.infer_partial = on;
     }
 
     pub fn output(&self) -> &[u8] {
@@ -300,7 +311,7 @@ impl Processor {
         };
         self.account(&hit);
         let t = hit.target;
-        if csum_partial {
+        if csum_partial || (self.infer_partial && rewrite::looks_partial(frame, ip)) {
             rewrite::complete_checksum(frame, ip);
             self.stats.add(Counter::ChecksumsCompleted, 1);
         }

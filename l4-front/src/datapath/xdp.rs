@@ -663,6 +663,7 @@ impl Drop for XdpSocket {
 /// The worker loop over an AF_XDP socket: receive a batch, process each
 /// frame in place, queue the frames to send on the transmit ring, kick.
 pub fn run(mut sock: XdpSocket, mut proc: Processor, clock: Arc<AtomicU32>, stop: Arc<AtomicBool>) {
+    proc.infer_partial_checksums(true);
     let mut out: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; OUT_BUF]).collect();
     let mut turns = 0u32;
     while !stop.load(Ordering::Relaxed) {

@@ -175,6 +175,28 @@ pub fn complete_checksum(frame: &mut [u8], ip: &Ipv4) {
     seg[off..off + 2].copy_from_slice(&c.to_be_bytes());
 }
 
+/// Whether the TCP/UDP checksum looks left partial by the sender's
+/// checksum offload: the field holds the folded pseudo-header sum (what
+/// Linux writes for `CHECKSUM_PARTIAL`, expecting the device to finish
+/// it). For receive paths with no checksum metadata (AF_XDP). A complete
+/// checksum equals that value only by chance (1 in 65,536), and completing
+/// such a frame rewrites the same value, so a false positive costs a sum
+/// over the segment and changes nothing.
+pub fn looks_partial(frame: &[u8], ip: &Ipv4) -> bool {
+    let off = match ip.l4 {
+        L4::Tcp { .. } => 16,
+        L4::Udp { .. } => 6,
+        _ => return false,
+    };
+    let (l4, end) = (ip.l4_off(), ip.frame_len());
+    let Some(f) = frame.get(l4 + off..l4 + off + 2) else {
+        return false;
+    };
+    let field = u16::from_be_bytes([f[0], f[1]]);
+    let len = end.saturating_sub(l4) as u16;
+    field != 0 && field == !checksum::finish(checksum::pseudo_header(ip.src, ip.dst, ip.proto, len))
+}
+
 /// An ARP reply to `req` saying `req.tpa` is at `our_mac`.
 pub fn arp_reply(out: &mut [u8], req: &Arp, our_mac: [u8; 6]) -> usize {
     build::arp(out, 2, req.sha, our_mac, req.tpa, req.sha, req.spa)
@@ -285,6 +307,31 @@ mod tests {
         assert!(!l4_valid(&f));
         complete_checksum(&mut f, &ip);
         assert!(l4_valid(&f));
+    }
+
+    #[test]
+    fn partial_checksums_are_recognised() {
+        let mut f = tcp_frame(TcpSpec {
+            payload: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+            ..TcpSpec::syn()
+        });
+        let ip = ip_of(&f);
+        assert!(!looks_partial(&f, &ip), "a complete checksum");
+        // What a sender with checksum offload leaves: the folded
+        // pseudo-header sum.
+        let c = ip.l4_off() + 16;
+        let len = (ip.frame_len() - ip.l4_off()) as u16;
+        let pseudo = !checksum::finish(checksum::pseudo_header(ip.src, ip.dst, ip.proto, len));
+        f[c..c + 2].copy_from_slice(&pseudo.to_be_bytes());
+        assert!(!l4_valid(&f));
+        assert!(looks_partial(&f, &ip));
+        complete_checksum(&mut f, &ip);
+        assert!(l4_valid(&f));
+        assert!(!looks_partial(&f, &ip));
+        // A corrupted checksum of another value is left alone (the real
+        // server drops the frame, as it would without a director).
+        f[c] ^= 0x40;
+        assert!(!looks_partial(&f, &ip));
     }
 
     #[test]
