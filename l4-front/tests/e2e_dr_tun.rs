@@ -156,7 +156,9 @@ fn run_case_with(method: &str, xdp: bool, partial: bool) {
         // SYN, ACK, request, ACKs, FIN: each arrived partial, was
         // completed, and the real server accepted it.
         assert!(completed >= 6, "{st:?}");
-    } else {
+    } else if !nat {
+        // (VS/NAT replies come from the real servers' own veths, whose
+        // checksum offload is on: those are completed.)
         assert_eq!(completed, 0, "{st:?}");
     }
     if xdp {
