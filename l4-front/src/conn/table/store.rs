@@ -217,15 +217,8 @@ impl Store {
 
     /// The id of the VS/NAT connection a reply keyed `r` belongs to.
     pub fn find_reply(&self, r: &RevKey) -> Option<u32> {
-        let mut id = *self.rbuckets.get(self.rbucket(r))?;
-        while id != NONE {
-            let e = &self.entries[id as usize];
-            if e.replies_to(r) {
-                return Some(id);
-            }
-            id = e.rnext;
-        }
-        None
+        let head = *self.rbuckets.get(self.rbucket(r))?;
+        self.first(head, |e| e.rnext, |e| e.replies_to(r))
     }
 
     /// Where a lookup of a hash will read, for prefetching without the
@@ -252,15 +245,8 @@ impl Store {
     /// The id of `key`'s entry; `hash` is the key's hash.
     #[inline]
     pub fn find(&self, key: &ConnKey, hash: u64) -> Option<u32> {
-        let mut id = self.bucket(hash).load(Ordering::Relaxed);
-        while id != NONE {
-            let e = &self.entries[id as usize];
-            if e.is(key) {
-                return Some(id);
-            }
-            id = e.hnext;
-        }
-        None
+        let head = self.bucket(hash).load(Ordering::Relaxed);
+        self.first(head, |e| e.hnext, |e| e.is(key))
     }
 
     pub fn get(&self, id: u32) -> &Entry {
@@ -309,37 +295,14 @@ impl Store {
     /// Unchains entry `id` (its key hashes to `hash`; it must be off the
     /// wheel already) and frees it, returning its contents.
     pub fn remove(&mut self, id: u32, hash: u64) -> Conn {
-        let bucket = &self.buckets[hash as usize & self.mask];
-        let next = self.entries[id as usize].hnext;
-        if bucket.load(Ordering::Relaxed) == id {
-            bucket.store(next, Ordering::Relaxed);
-        } else {
-            let mut cur = bucket.load(Ordering::Relaxed);
-            while cur != NONE {
-                let e = &mut self.entries[cur as usize];
-                if e.hnext == id {
-                    e.hnext = next;
-                    break;
-                }
-                cur = e.hnext;
-            }
-        }
+        let b = hash as usize & self.mask;
+        let head = self.unlink(self.buckets[b].load(Ordering::Relaxed), id, |e| {
+            &mut e.hnext
+        });
+        self.buckets[b].store(head, Ordering::Relaxed);
         if self.entries[id as usize].flags & REV != 0 {
             let b = self.rbucket(&self.entries[id as usize].rev_key());
-            let next = self.entries[id as usize].rnext;
-            if self.rbuckets[b] == id {
-                self.rbuckets[b] = next;
-            } else {
-                let mut cur = self.rbuckets[b];
-                while cur != NONE {
-                    let e = &mut self.entries[cur as usize];
-                    if e.rnext == id {
-                        e.rnext = next;
-                        break;
-                    }
-                    cur = e.rnext;
-                }
-            }
+            self.rbuckets[b] = self.unlink(self.rbuckets[b], id, |e| &mut e.rnext);
         }
         let e = &mut self.entries[id as usize];
         let c = e.conn();
@@ -348,6 +311,42 @@ impl Store {
         self.free = id;
         self.live -= 1;
         c
+    }
+
+    /// Takes `id` out of the chain that starts at `head` and is linked
+    /// through `link`; returns the chain's new head.
+    fn unlink(&mut self, head: u32, id: u32, link: fn(&mut Entry) -> &mut u32) -> u32 {
+        let next = *link(&mut self.entries[id as usize]);
+        if head == id {
+            return next;
+        }
+        let mut cur = head;
+        while cur != NONE {
+            let l = link(&mut self.entries[cur as usize]);
+            if *l == id {
+                *l = next;
+                break;
+            }
+            cur = *l;
+        }
+        head
+    }
+
+    /// The first entry from `id` on along a chain (`next`) that `hit` takes.
+    fn first(
+        &self,
+        mut id: u32,
+        next: fn(&Entry) -> u32,
+        hit: impl Fn(&Entry) -> bool,
+    ) -> Option<u32> {
+        while id != NONE {
+            let e = &self.entries[id as usize];
+            if hit(e) {
+                return Some(id);
+            }
+            id = next(e);
+        }
+        None
     }
 
     /// Ids and entries of the live entries.
