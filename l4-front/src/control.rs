@@ -290,6 +290,7 @@ pub fn parse_command(args: &[&str]) -> Result<Command, String> {
                 health: HealthConfig {
                     kind: HealthCheck::None,
                     path: "/".into(),
+                    port: None,
                     interval_ms: 2000,
                     timeout_ms: 1000,
                     fall: 2,

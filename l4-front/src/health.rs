@@ -94,9 +94,10 @@ pub fn run(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
                 }
                 let timeout = Duration::from_millis(h.timeout_ms);
                 let start = Instant::now();
+                let port = h.port.unwrap_or(rs.port);
                 let ok = match h.kind {
-                    HealthCheck::Http => probe_http(rs.addr, rs.port, &h.path, timeout),
-                    _ => probe_tcp(rs.addr, rs.port, timeout),
+                    HealthCheck::Http => probe_http(rs.addr, port, &h.path, timeout),
+                    _ => probe_tcp(rs.addr, port, timeout),
                 };
                 if ok {
                     rts[j] = Some(start.elapsed().as_secs_f64() * 1000.0);

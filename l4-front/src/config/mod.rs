@@ -113,6 +113,9 @@ pub enum HealthCheck {
 pub struct HealthConfig {
     pub kind: HealthCheck,
     pub path: String,
+    /// The port probed instead of each real server's own (needed by an
+    /// all-ports service, whose servers have none).
+    pub port: Option<u16>,
     pub interval_ms: u64,
     pub timeout_ms: u64,
     /// Consecutive failures before a server is taken out.
@@ -474,10 +477,13 @@ impl Config {
                     ))
                 }
             };
-            if port_ == 0 && kind != HealthCheck::None {
+            if s.health_port == Some(0) {
+                return Err(bad(f("health_port"), "outside 1-65535"));
+            }
+            if port_ == 0 && kind != HealthCheck::None && s.health_port.is_none() {
                 return Err(bad(
                     f("health_check"),
-                    "an all-ports service (port 0) has no port to probe",
+                    "an all-ports service (port 0) has no port of its own to probe: set health_port",
                 ));
             }
             let interval_ms = s.health_interval_ms.unwrap_or(2000);
@@ -541,6 +547,7 @@ impl Config {
             let health = HealthConfig {
                 kind,
                 path,
+                port: s.health_port,
                 interval_ms,
                 timeout_ms,
                 fall,
@@ -684,6 +691,28 @@ mod tests {
             "scheduler = \"wrr\"\nfeedback = true",
         ));
         assert!(e.starts_with("service[0].feedback"), "{e}");
+        // An all-ports service probes health_port.
+        let all_ports = GOOD
+            .replace("port = 80", "port = 0\npersistence = 60")
+            .replace(
+                "scheduler = \"wrr\"",
+                "scheduler = \"wrr\"\nhealth_check = \"tcp\"",
+            );
+        let e = err(&all_ports);
+        assert!(
+            e.starts_with("service[0].health_check") && e.contains("health_port"),
+            "{e}"
+        );
+        let c = Config::parse(
+            &all_ports.replace("persistence = 60", "persistence = 60\nhealth_port = 22"),
+        )
+        .unwrap();
+        assert_eq!(c.services[0].health.port, Some(22));
+        let e = err(&GOOD.replace(
+            "scheduler = \"wrr\"",
+            "scheduler = \"wrr\"\nhealth_port = 0",
+        ));
+        assert!(e.starts_with("service[0].health_port"), "{e}");
         let e = err(&format!(
             "{GOOD}\n[sync]\nrole = \"backup\"\nlisten = \"1.2.3.4:1\"\nfailback = true\n"
         ));

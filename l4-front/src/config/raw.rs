@@ -78,6 +78,7 @@ pub struct Service {
     pub persistence_netmask: Option<u8>,
     pub health_check: Option<String>,
     pub health_path: Option<String>,
+    pub health_port: Option<u16>,
     pub health_interval_ms: Option<u64>,
     pub health_timeout_ms: Option<u64>,
     pub health_fall: Option<u32>,

@@ -279,7 +279,18 @@ impl Processor {
                 Err(_) if new_conn => {
                     let tkey = service.template_key(ip.src);
                     let persist = service.cfg.persistence;
-                    match shared.table.track_template(tkey, now, persist, schedule) {
+                    // A template's server that went down or was deleted
+                    // is replaced (its clients move on).
+                    let usable = |t: &Target| {
+                        service
+                            .servers
+                            .get(t.rs as usize)
+                            .is_some_and(|r| r.is_up() && !r.is_removed())
+                    };
+                    match shared
+                        .table
+                        .track_template(tkey, now, persist, usable, schedule)
+                    {
                         Ok(t) => {
                             let r = shared.table.track(key, ev, now, cmac, || {
                                 // All-ports template: each connection

@@ -82,12 +82,18 @@ impl ConnTable {
     }
     /// Persistence (§5.2.6): the template for `tkey` (created through
     /// `schedule` when absent), with one more connection using it and its
-    /// expiry pushed to at least `now + timeout`.
+    /// expiry pushed to at least `now + timeout`. A template whose real
+    /// server `usable` refuses (down by its health check, or deleted) is
+    /// pointed at a server `schedule` picks, as IPVS expires such a
+    /// template: its clients move on instead of failing for a whole
+    /// persistence period. (A server drained to weight 0 stays usable:
+    /// its persistent clients finish there.)
     pub fn track_template(
         &self,
         tkey: ConnKey,
         now: u32,
         timeout: u32,
+        usable: impl FnOnce(&Target) -> bool,
         schedule: impl FnOnce() -> Result<Target, DropReason>,
     ) -> Result<Target, DropReason> {
         let (hash, shard) = self.shard(&tkey);
@@ -96,10 +102,16 @@ impl ConnTable {
         let expires = now.saturating_add(timeout);
         if let Some(id) = sh.store.find(&tkey, hash) {
             let c = sh.store.get_mut(id);
-            c.aux = c.aux.saturating_add(1); // refs
-                                             // Only ever later: the wheel picks it up when the old one fires.
+            let mut target = c.conn().target();
+            if !usable(&target) {
+                target = schedule()?;
+                c.retarget(&target);
+            }
+            // refs: one more connection. The expiry only ever moves later:
+            // the wheel picks it up when the old deadline fires.
+            c.aux = c.aux.saturating_add(1);
             c.expires = c.expires.max(expires);
-            return Ok(c.conn().target());
+            return Ok(target);
         }
         if sh.store.len() >= self.per_shard_max {
             return Err(DropReason::TableFull);
@@ -131,7 +143,7 @@ impl ConnTable {
         let mut sh = lock(shard);
         if let Some(id) = sh.store.find(tkey, hash) {
             let c = sh.store.get_mut(id);
-            c.aux = c.aux.saturating_sub(1); // refs
+            c.aux = c.aux.saturating_sub(1); // refs: one connection fewer
         }
     }
 }

@@ -715,9 +715,11 @@ mod tests {
             vport: 80,
             proto: 0x86,
         };
-        let a = t.track_template(tk, 0, 300, || target(2)).unwrap();
+        let a = t
+            .track_template(tk, 0, 300, |_| true, || target(2))
+            .unwrap();
         let b = t
-            .track_template(tk, 10, 300, || panic!("rescheduled"))
+            .track_template(tk, 10, 300, |_| true, || panic!("rescheduled"))
             .unwrap();
         assert_eq!((a.rs, b.rs), (2, 2));
         t.release_template(&tk);
@@ -732,6 +734,41 @@ mod tests {
         });
         assert_eq!(gone, 1);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn template_of_an_unusable_server_is_pointed_elsewhere() {
+        let t = ConnTable::new(4, 100, Timeouts::default(), 5);
+        let tk = ConnKey {
+            caddr: 0x0ac9_0100,
+            vaddr: 1,
+            cport: 0,
+            vport: 80,
+            proto: 0x86,
+        };
+        assert_eq!(
+            t.track_template(tk, 0, 300, |_| true, || target(2))
+                .unwrap()
+                .rs,
+            2
+        );
+        // Server 2 went down: the next connection gets a new pick, and so do
+        // the ones after it (the template now names server 1).
+        let b = t
+            .track_template(tk, 5, 300, |t| t.rs != 2, || target(1))
+            .unwrap();
+        assert_eq!((b.rs, b.raddr), (1, 0x0ac9_020c));
+        let c = t
+            .track_template(tk, 6, 300, |t| t.rs != 2, || panic!("rescheduled"))
+            .unwrap();
+        assert_eq!(c.rs, 1);
+        assert_eq!(t.get(&tk).map(|c| (c.rs, c.refs)), Some((1, 3)));
+        // No server left: refused, the template unchanged.
+        assert_eq!(
+            t.track_template(tk, 7, 300, |_| false, || Err(DropReason::NoRealServer)),
+            Err(DropReason::NoRealServer)
+        );
+        assert_eq!(t.get(&tk).map(|c| (c.rs, c.refs)), Some((1, 3)));
     }
 
     #[test]

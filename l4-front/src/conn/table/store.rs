@@ -97,6 +97,23 @@ impl Entry {
         }
     }
 
+    /// Points a template at another real server (its key, timers and
+    /// chains unchanged; templates are not in the reply index).
+    pub fn retarget(&mut self, t: &super::Target) {
+        debug_assert!(self.state == ConnState::Template);
+        self.raddr = t.raddr;
+        self.rport = t.rport;
+        self.svc = t.svc;
+        self.rs = t.rs;
+        self.flags &= !(NAT | TUN);
+        if t.nat {
+            self.flags |= NAT;
+        }
+        if t.tun {
+            self.flags |= TUN;
+        }
+    }
+
     pub fn key(&self) -> ConnKey {
         ConnKey {
             caddr: self.caddr,
