@@ -22,6 +22,8 @@ pub enum Counter {
     ArpReplies,
     IcmpRelayed,
     FragNeededSent,
+    /// VS/TUN packets without DF sent as two outer fragments.
+    TunFragmented,
     ChecksumsCompleted,
     NatReplies,
     /// Frames the kernel dropped because the worker's socket or ring was
@@ -32,7 +34,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 14;
     pub const ALL: [Counter; Self::COUNT] = [
         Self::RxFrames,
         Self::RxBytes,
@@ -43,6 +45,7 @@ impl Counter {
         Self::ArpReplies,
         Self::IcmpRelayed,
         Self::FragNeededSent,
+        Self::TunFragmented,
         Self::ChecksumsCompleted,
         Self::NatReplies,
         Self::RxDropped,
@@ -59,6 +62,7 @@ impl Counter {
             Self::ArpReplies => "arp_replies",
             Self::IcmpRelayed => "icmp_relayed",
             Self::FragNeededSent => "frag_needed_sent",
+            Self::TunFragmented => "tun_fragmented",
             Self::ChecksumsCompleted => "checksums_completed",
             Self::NatReplies => "nat_replies",
             Self::RxDropped => "rx_dropped",

@@ -418,6 +418,61 @@ fn tun_upload_case(xdp: bool) {
 /// A UDP service in DR: the datagram reaches the real server through the
 /// director and the answer comes back from VIP:53 directly; the director
 /// tracks the flow as one UDP connection.
+/// VS/TUN, a full-size UDP datagram without DF: 20 bytes too big once
+/// encapsulated, so the director sends the outer packet in two fragments
+/// (as the kernel does for IPVS); the real server's stack reassembles it,
+/// the decapsulator delivers it, and the answer comes back.
+#[test]
+fn tun_full_size_datagram_without_df_is_fragmented() {
+    skip_unless_lab!();
+    for xdp in [false, true] {
+        let mut lab = Lab::new(if xdp { "fx" } else { "f" });
+        lab.build(1);
+        lab.udp_echo("rs1", VIP, 53, "rs1");
+        lab.spawn(
+            "rs1",
+            "decap1",
+            &[env!("CARGO_BIN_EXE_l4-decap"), "--vip", VIP],
+            &[],
+        );
+        let cfg = lab.dir.join("udp.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[director]\ninterface = \"d0\"\nxdp = {xdp}\nstats_file = \"{}\"\nstats_interval_ms = 100\n\
+                 [[service]]\nvip = \"{VIP}\"\nport = 53\nprotocol = \"udp\"\nscheduler = \"rr\"\n\
+                 [[service.real_server]]\naddress = \"10.201.2.11\"\nmethod = \"tun\"\n",
+                lab.dir.join("stats").display()
+            ),
+        )
+        .unwrap();
+        let stats_path = lab.dir.join("stats");
+        lab.start_director(&cfg, &stats_path);
+        if xdp {
+            skip_unless_xdp!(lab, "l4-front");
+        }
+        std::thread::sleep(Duration::from_millis(300)); // decapsulator up
+        let vip: std::net::SocketAddr = format!("{VIP}:53").parse().unwrap();
+        // 1,472 bytes of payload: a 1,500-byte IP packet.
+        let q = "q".repeat(1472);
+        let (a, from) = common::udp_query_with(&lab.ns("cl"), vip, q.as_bytes(), true)
+            .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", stats(&stats_path), lab.log("l4-front")));
+        assert_eq!(a, format!("rs1:{q}"));
+        assert_eq!(from, vip);
+        std::thread::sleep(Duration::from_millis(250));
+        let st = stats(&stats_path);
+        assert!(
+            st.get("tun_fragmented").copied().unwrap_or(0) >= 1,
+            "{st:?}"
+        );
+        assert_eq!(
+            st.get("frag_needed_sent").copied().unwrap_or(0),
+            0,
+            "{st:?}"
+        );
+    }
+}
+
 #[test]
 fn dr_udp_service() {
     skip_unless_lab!();

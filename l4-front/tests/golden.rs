@@ -181,6 +181,16 @@ fn cases() -> Vec<Case> {
         }),
         false,
     );
+    add(
+        "tun_full_size_no_df_fragmented",
+        tcp_frame(TcpSpec {
+            flags: TCP_ACK,
+            df: false,
+            payload: vec![0x62; 1460],
+            ..syn_to([10, 201, 2, 101], 40002)
+        }),
+        false,
+    );
     // VS/NAT: request rewritten to the real server, reply back to the VIP.
     add(
         "nat_syn",
@@ -279,6 +289,7 @@ fn verdict_name(v: Verdict) -> String {
     match v {
         Verdict::SendInput(_) => "send_input".into(),
         Verdict::SendOutput(_) => "send_output".into(),
+        Verdict::SendOutputs(..) => "send_outputs".into(),
         Verdict::Pass => "pass".into(),
         Verdict::Drop(r) => format!("drop:{}", r.name()),
     }
@@ -291,6 +302,7 @@ fn step(p: &mut Processor, input: &[u8], partial: bool) -> (String, Vec<u8>) {
     let out = match v {
         Verdict::SendInput(n) => f[..n].to_vec(),
         Verdict::SendOutput(n) => p.output()[..n].to_vec(),
+        Verdict::SendOutputs(a, b) => p.output()[..a + b].to_vec(),
         _ => Vec::new(),
     };
     (verdict_name(v), out)
@@ -316,7 +328,10 @@ fn check_frame(name: &str, out: &[u8]) {
             assert_eq!(checksum::finish(s), 0, "{name}: L4 csum");
         }
         1 => assert_eq!(checksum::checksum(seg), 0, "{name}: ICMP csum"),
-        4 => check_frame(name, &[&out[..14], seg].concat()),
+        // The inner packet, unless this is one fragment of it.
+        4 if u16::from_be_bytes([out[20], out[21]]) & 0x3fff == 0 => {
+            check_frame(name, &[&out[..14], seg].concat())
+        }
         _ => {}
     }
 }
@@ -397,6 +412,22 @@ fn golden_outputs_have_the_promised_shape() {
     assert_eq!(&out[..6], &ROUTER_MAC);
     assert_eq!((out[34], out[35]), (3, 4));
     assert_eq!(u16::from_be_bytes([out[40], out[41]]), 1480);
+    // TUN too big without DF: two outer fragments (MF + offset 0, then
+    // offset 1,480), one id, each within the MTU, their payloads the
+    // inner packet.
+    let (inp, (v, out)) = &by_name["tun_full_size_no_df_fragmented"];
+    assert_eq!(v, "send_outputs");
+    let n1 = 14 + u16::from_be_bytes([out[16], out[17]]) as usize;
+    let (f1, f2) = out.split_at(n1);
+    assert_eq!((n1, f2.len()), (1514, 14 + 20 + 20));
+    assert_eq!(u16::from_be_bytes([f1[20], f1[21]]), 0x2000);
+    assert_eq!(u16::from_be_bytes([f2[20], f2[21]]), 1480 / 8);
+    assert_eq!(f1[18..20], f2[18..20], "one id");
+    for f in [f1, f2] {
+        assert_eq!(checksum::checksum(&f[14..34]), 0);
+        assert_eq!(f[14 + 9], 4);
+    }
+    assert_eq!([&f1[34..], &f2[34..]].concat(), inp[14..].to_vec());
     // NAT: destination 10.201.2.13:8080; the reply leaves from VIP:80.
     let (_, (_, out)) = &by_name["nat_syn"];
     assert_eq!(&out[30..34], &[10, 201, 2, 13]);

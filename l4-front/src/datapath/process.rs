@@ -24,6 +24,9 @@ pub enum Verdict {
     SendInput(usize),
     /// Send the first `n` bytes of the processor's output buffer.
     SendOutput(usize),
+    /// Send two frames from the output buffer: its first `a` bytes, then
+    /// the `b` bytes after them (the two fragments of a VS/TUN packet).
+    SendOutputs(usize, usize),
     /// Not ours: the kernel deals with its own copy.
     Pass,
     Drop(DropReason),
@@ -388,8 +391,29 @@ impl Processor {
             Method::Tun => {
                 let mtu = self.shared.mtu as usize;
                 if ip.total_len + TUN_OVERHEAD > mtu {
-                    if !ip.df || matches!(ip.l4, L4::Icmp { .. }) {
-                        // Would need fragmenting the outer packet: not done.
+                    if !ip.df {
+                        // May be fragmented: the outer packet is, in two.
+                        self.ip_id = self.ip_id.wrapping_add(1);
+                        return match rewrite::tun_fragments(
+                            frame,
+                            ip,
+                            &mut self.out,
+                            local,
+                            mac,
+                            self.shared.local_ip,
+                            t.raddr,
+                            self.ip_id,
+                            mtu,
+                        ) {
+                            Ok((a, b)) => {
+                                self.stats.add(Counter::TunFragmented, 1);
+                                Verdict::SendOutputs(a, b)
+                            }
+                            Err(r) => Verdict::Drop(r),
+                        };
+                    }
+                    if matches!(ip.l4, L4::Icmp { .. }) {
+                        // No ICMP error about an ICMP message.
                         return Verdict::Drop(DropReason::Oversize);
                     }
                     // As IPVS: tell the client the path MTU is 20 less.

@@ -63,18 +63,17 @@ pub fn run(
                 proc.process_into(&mut rx[i][..len], meta[i].csum_partial, now, &mut tx[i])
             };
         }
-        let mut out: [&[u8]; BATCH] = [&[]; BATCH];
+        let mut out: [&[u8]; 2 * BATCH] = [&[]; 2 * BATCH];
         let mut k = 0;
         let mut bytes = 0u64;
         for i in 0..n {
-            let f: &[u8] = match verdicts[i] {
-                Verdict::SendInput(len) => &rx[i][..len],
-                Verdict::SendOutput(len) => &tx[i][..len],
-                Verdict::Pass | Verdict::Drop(_) => continue,
-            };
-            bytes += f.len() as u64;
-            out[k] = f;
-            k += 1;
+            for s in to_send(verdicts[i], &rx[i], &tx[i]) {
+                if !s.is_empty() {
+                    bytes += s.len() as u64;
+                    out[k] = s;
+                    k += 1;
+                }
+            }
         }
         if k == 0 {
             continue;
@@ -130,21 +129,19 @@ pub fn run_ring(
                     proc.process_into(frame, f.csum_partial, now, &mut tx[i])
                 };
             }
-            let mut out: [&[u8]; BATCH] = [&[]; BATCH];
+            let mut out: [&[u8]; 2 * BATCH] = [&[]; 2 * BATCH];
             let mut k = 0;
             let mut bytes = 0u64;
             for (i, f) in chunk.iter().enumerate() {
-                let s: &[u8] = match verdicts[i] {
-                    // SAFETY: as above; read-only view for sending.
-                    Verdict::SendInput(len) => unsafe {
-                        std::slice::from_raw_parts(f.ptr, len.min(f.len))
-                    },
-                    Verdict::SendOutput(len) => &tx[i][..len],
-                    Verdict::Pass | Verdict::Drop(_) => continue,
-                };
-                bytes += s.len() as u64;
-                out[k] = s;
-                k += 1;
+                // SAFETY: as above; read-only view for sending.
+                let input = unsafe { std::slice::from_raw_parts(f.ptr, f.len) };
+                for s in to_send(verdicts[i], input, &tx[i]) {
+                    if !s.is_empty() {
+                        bytes += s.len() as u64;
+                        out[k] = s;
+                        k += 1;
+                    }
+                }
             }
             if k == 0 {
                 continue;
@@ -152,6 +149,18 @@ pub fn run_ring(
             send_counted(&sock, &mut txr, &proc, &out[..k], bytes);
         }
         ring.release();
+    }
+}
+
+/// The frames a verdict sends (empty slices for none): the input frame,
+/// or one or two frames of the processor's output buffer.
+fn to_send<'a>(v: Verdict, input: &'a [u8], output: &'a [u8]) -> [&'a [u8]; 2] {
+    let part = |b: &'a [u8], from: usize, n: usize| b.get(from..from + n).unwrap_or_default();
+    match v {
+        Verdict::SendInput(len) => [&input[..len.min(input.len())], &[]],
+        Verdict::SendOutput(len) => [part(output, 0, len), &[]],
+        Verdict::SendOutputs(a, b) => [part(output, 0, a), part(output, a, b)],
+        Verdict::Pass | Verdict::Drop(_) => [&[], &[]],
     }
 }
 

@@ -699,40 +699,52 @@ pub fn run(mut sock: XdpSocket, mut proc: Processor, clock: Arc<AtomicU32>, stop
             let frame = sock.chunk(d.addr, d.len as usize);
             let v = proc.process_into(frame, false, now, &mut out[i as usize]);
             let base = d.addr & !(CHUNK as u64 - 1);
-            let send = match v {
-                Verdict::SendInput(len) => Some((d.addr, len.min(d.len as usize))),
+            let o = &out[i as usize];
+            // Up to two frames to send: (chunk address, length).
+            let mut send: [Option<(u64, usize)>; 2] = [None, None];
+            match v {
+                Verdict::SendInput(len) => send[0] = Some((d.addr, len.min(d.len as usize))),
                 // The input is spent: the built frame goes into its chunk.
                 Verdict::SendOutput(len) if len <= CHUNK => {
-                    sock.chunk(base, len)
-                        .copy_from_slice(&out[i as usize][..len]);
-                    Some((base, len))
+                    sock.chunk(base, len).copy_from_slice(&o[..len]);
+                    send[0] = Some((base, len));
                 }
-                Verdict::SendOutput(_) => {
-                    failed += 1;
-                    None
-                }
-                Verdict::Pass | Verdict::Drop(_) => None,
-            };
-            match send {
-                Some((addr, len)) if room > 0 => {
-                    // SAFETY: transmit entry `queued` is ours until submit.
-                    unsafe {
-                        *sock.tx.entry::<libc::xdp_desc>(queued) = libc::xdp_desc {
-                            addr,
-                            len: len as u32,
-                            options: 0,
+                // Two fragments: the second needs a spare chunk and both
+                // need room on the transmit ring, or neither is sent.
+                Verdict::SendOutputs(a, b) if a.max(b) <= CHUNK && room >= 2 => {
+                    match sock.free.pop() {
+                        Some(spare) => {
+                            sock.chunk(base, a).copy_from_slice(&o[..a]);
+                            sock.chunk(spare, b).copy_from_slice(&o[a..a + b]);
+                            send = [Some((base, a)), Some((spare, b))];
                         }
-                    };
-                    queued += 1;
-                    room -= 1;
-                    bytes += len as u64;
-                }
-                _ => {
-                    if send.is_some() {
-                        failed += 1;
+                        None => failed += 2,
                     }
-                    sock.free.push(base);
                 }
+                Verdict::SendOutput(_) => failed += 1,
+                Verdict::SendOutputs(..) => failed += 2,
+                Verdict::Pass | Verdict::Drop(_) => {}
+            }
+            if send[0].is_none() {
+                sock.free.push(base);
+            }
+            for (addr, len) in send.into_iter().flatten() {
+                if room == 0 {
+                    failed += 1;
+                    sock.free.push(addr & !(CHUNK as u64 - 1));
+                    continue;
+                }
+                // SAFETY: transmit entry `queued` is ours until submit.
+                unsafe {
+                    *sock.tx.entry::<libc::xdp_desc>(queued) = libc::xdp_desc {
+                        addr,
+                        len: len as u32,
+                        options: 0,
+                    }
+                };
+                queued += 1;
+                room -= 1;
+                bytes += len as u64;
             }
         }
         sock.rx.release(n);

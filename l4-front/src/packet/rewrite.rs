@@ -60,6 +60,63 @@ pub fn tun(
     Ok(len)
 }
 
+/// VS/TUN for a packet without DF that no longer fits `mtu` once
+/// encapsulated: the outer packet is sent in two fragments, as the kernel
+/// fragments IPVS' tunnel packets. Both frames are written to `out`, the
+/// second right after the first; returns their lengths. (The inner packet
+/// is at most `mtu` long — longer frames are refused before — so two
+/// fragments always suffice.)
+#[allow(clippy::too_many_arguments)]
+pub fn tun_fragments(
+    frame: &[u8],
+    ip: &Ipv4,
+    out: &mut [u8],
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    outer_src: u32,
+    outer_dst: u32,
+    id: u16,
+    mtu: usize,
+) -> Result<(usize, usize), DropReason> {
+    let inner = frame
+        .get(ip.l3..ip.frame_len())
+        .ok_or(DropReason::TruncatedIp)?;
+    // Payload of the first fragment: what fits, in 8-byte units.
+    let first = (mtu.saturating_sub(TUN_OVERHEAD)) & !7;
+    let rest = inner.len().saturating_sub(first);
+    if first == 0 || rest == 0 || rest + TUN_OVERHEAD > mtu {
+        return Err(DropReason::Oversize);
+    }
+    let (n1, n2) = (14 + TUN_OVERHEAD + first, 14 + TUN_OVERHEAD + rest);
+    if n1 + n2 > out.len() {
+        return Err(DropReason::Oversize);
+    }
+    for (at, part, offset, more) in [
+        (0, &inner[..first], 0, true),
+        (n1, &inner[first..], first, false),
+    ] {
+        let o = &mut out[at..at + 14 + TUN_OVERHEAD + part.len()];
+        build::eth(o, dst_mac, src_mac, ETHERTYPE_IPV4);
+        build::ipv4_header(
+            &mut o[14..34],
+            (TUN_OVERHEAD + part.len()) as u16,
+            id,
+            false,
+            64,
+            PROTO_IPIP,
+            outer_src,
+            outer_dst,
+        );
+        let frag = (offset / 8) as u16 | if more { 0x2000 } else { 0 };
+        o[20..22].copy_from_slice(&frag.to_be_bytes());
+        o[24..26].copy_from_slice(&[0, 0]);
+        let c = checksum::checksum(&o[14..34]);
+        o[24..26].copy_from_slice(&c.to_be_bytes());
+        o[34..].copy_from_slice(part);
+    }
+    Ok((n1, n2))
+}
+
 /// Which side of the packet VS/NAT rewrites.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NatSide {

@@ -554,11 +554,42 @@ pub fn udp_query(
     addr: SocketAddr,
     payload: &[u8],
 ) -> Result<(String, SocketAddr), String> {
+    udp_query_with(ns, addr, payload, false)
+}
+
+/// As [`udp_query`]; `no_df`: the datagrams leave without DF
+/// (`IP_PMTUDISC_DONT`), so a router or director may fragment them.
+pub fn udp_query_with(
+    ns: &str,
+    addr: SocketAddr,
+    payload: &[u8],
+    no_df: bool,
+) -> Result<(String, SocketAddr), String> {
     let ns = ns.to_string();
     let payload = payload.to_vec();
     std::thread::spawn(move || {
         enter_netns(&ns);
         let s = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        if no_df {
+            use std::os::fd::AsRawFd;
+            let v: libc::c_int = libc::IP_PMTUDISC_DONT;
+            // SAFETY: a valid socket and an int option of the right size.
+            let r = unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_MTU_DISCOVER,
+                    (&v as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r != 0 {
+                return Err(format!(
+                    "IP_MTU_DISCOVER: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
         s.set_read_timeout(Some(Duration::from_millis(700)))
             .map_err(|e| e.to_string())?;
         let mut b = [0u8; 2048];
