@@ -370,8 +370,8 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
                 }
             }
             if let Some(st) = &steering {
-                if let Err(e) = st.set_vips(&vip_list(&shared)) {
-                    tracing::warn!(error = %e, "updating the XDP program's VIP map");
+                if let Err(e) = st.set_services(&drop_keys(&shared)) {
+                    tracing::warn!(error = %e, "updating the XDP program's service map");
                 }
             }
             if let (Some(s), true) = (&first, shared.answer_arp) {
@@ -441,11 +441,6 @@ impl Spawner<'_> {
     }
 }
 
-/// Every VIP, for the XDP program's map.
-fn vip_list(shared: &Shared) -> Vec<u32> {
-    shared.services().vips.iter().copied().collect()
-}
-
 /// Attaches the XDP program to `iface` and opens one AF_XDP socket per
 /// receive queue, at most `workers`, each registered in the program's map.
 fn start_xdp(
@@ -473,12 +468,14 @@ fn start_xdp(
         steer.register(q, &s)?;
         socks.push(s);
     }
-    steer.set_vips(&vip_list(shared))?;
+    steer.set_services(&drop_keys(shared))?;
     Ok((steer, socks))
 }
 
 /// <VIP, protocol, port> of every live service: the kernel's share of
 /// their traffic is dropped at ingress ([`crate::kernel_drop`]).
+/// Every service's (VIP, protocol, port; 0 = all ports), for the nftables
+/// drop rule and the XDP program's map.
 fn drop_keys(shared: &Shared) -> Vec<crate::kernel_drop::Key> {
     shared
         .services()

@@ -143,6 +143,19 @@ fn run_case_with(method: &str, xdp: bool, partial: bool) {
     if xdp {
         // Every client frame to the VIP came through the AF_XDP socket.
         assert!(via_xdp >= 6, "{st:?}\n{}", lab.log("l4-front"));
+        // Only the services' traffic is steered: datagrams to another
+        // port of the VIP reach the kernel (and the packet-socket worker,
+        // which counts them as for no service).
+        let no_service = st.get("drop.no_service").copied().unwrap_or(0);
+        common::udp_send(&lab.ns("cl"), format!("{VIP}:9").parse().unwrap(), b"x", 5)
+            .expect("udp send");
+        std::thread::sleep(Duration::from_millis(300));
+        let st = stats(&stats_path);
+        assert_eq!(st.get("xdp_rx_frames").copied(), Some(via_xdp), "{st:?}");
+        assert!(
+            st.get("drop.no_service").copied().unwrap_or(0) >= no_service + 4,
+            "{st:?}"
+        );
     } else {
         assert_eq!(via_xdp, 0, "{st:?}");
     }

@@ -6,17 +6,21 @@
 //! on to the kernel (`XDP_PASS`), where the slow-path packet socket sees it
 //! as before.
 //!
-//! The program is 27 instructions assembled here (no compiler, no libbpf):
+//! The program is ~50 instructions assembled here (no compiler, no libbpf):
 //!
 //! ```text
-//!  r6 = ctx; r2 = data; r3 = data_end
-//!  if data + 34 > data_end            → pass   (Ethernet + IPv4 header)
-//!  if data + 3,841 <= data_end         → pass   (longer than a UMEM chunk holds)
-//!  if ethertype != 0x0800              → pass
-//!  if vips[ip.daddr] == NULL           → pass
-//!  return bpf_redirect_map(xsks, ctx->rx_queue_index, XDP_PASS)
-//! pass: return XDP_PASS
+//!  if the frame is shorter than Ethernet + IPv4 headers  → pass
+//!  if it is longer than a UMEM chunk holds (3,840 B)      → pass
+//!  if not IPv4, a fragment, or neither TCP nor UDP        → pass
+//!  if no room for the ports after the IPv4 header         → pass
+//!  if svcs[{daddr, dport, proto}] or svcs[{daddr, 0, proto}] exists
+//!      return bpf_redirect_map(xsks, ctx->rx_queue_index, XDP_PASS)
+//!  pass: return XDP_PASS
 //! ```
+//!
+//! So only the services' traffic is taken: other ports of a VIP, ICMP
+//! errors about a service (relayed by the packet-socket worker) and
+//! fragments reach the kernel as before.
 //!
 //! `bpf_redirect_map` falls back to `XDP_PASS` when no socket is bound on
 //! the queue. The program is attached with a BPF link (`BPF_LINK_CREATE`),
@@ -33,7 +37,7 @@
 //! (`XDP_COPY`): veth and most virtual devices have no zero-copy support,
 //! and copy mode works on every driver.
 //!
-//! The VIP map holds 1,024 addresses; VIPs beyond it (or any the map
+//! The service map holds 4,096 entries; services beyond it (or any the map
 //! refuses) are not steered and reach the packet-socket worker instead.
 
 use std::io;
@@ -55,6 +59,9 @@ pub const MAX_FRAME: i32 = (CHUNK - 256) as i32;
 pub const FRAMES: usize = 4096;
 /// Entries per ring (fill, completion, receive, transmit).
 const RING: u32 = 2048;
+/// Services the program's map holds (the rest reach the packet-socket
+/// worker instead).
+const MAX_STEERED: u32 = 4096;
 /// Frames taken from the receive ring per turn.
 const BATCH: usize = 64;
 
@@ -136,55 +143,141 @@ const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
         | ((imm as u32 as u64) << 32)
 }
 
-/// The steering program, with the two maps' descriptors patched in
-/// (`BPF_LD_IMM64` with `BPF_PSEUDO_MAP_FD`).
-fn program(vips: RawFd, xsks: RawFd) -> Vec<u64> {
+/// Labels of the steering program.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Label {
+    Ports,
+    Redirect,
+    Pass,
+}
+
+/// A few lines of eBPF assembler: instructions, and jumps to labels
+/// patched once every label is placed.
+struct Asm {
+    code: Vec<u64>,
+    jumps: Vec<(usize, Label)>,
+    labels: Vec<(Label, usize)>,
+}
+
+impl Asm {
+    fn i(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) -> &mut Self {
+        self.code.push(insn(code, dst, src, off, imm));
+        self
+    }
+    /// A conditional jump to `to`.
+    fn j(&mut self, code: u8, dst: u8, src: u8, imm: i32, to: Label) -> &mut Self {
+        self.jumps.push((self.code.len(), to));
+        self.i(code, dst, src, 0, imm)
+    }
+    /// `r{dst} = map` (`BPF_LD_IMM64` with `BPF_PSEUDO_MAP_FD`: two slots).
+    fn map(&mut self, dst: u8, fd: RawFd) -> &mut Self {
+        self.i(0x18, dst, 1, 0, fd).i(0, 0, 0, 0, 0)
+    }
+    fn label(&mut self, l: Label) -> &mut Self {
+        self.labels.push((l, self.code.len()));
+        self
+    }
+    fn finish(mut self) -> Vec<u64> {
+        for &(at, to) in &self.jumps {
+            let target = self
+                .labels
+                .iter()
+                .find(|(l, _)| *l == to)
+                .map(|&(_, pc)| pc)
+                .expect("label placed");
+            let off = (target as i64 - at as i64 - 1) as i16 as u16 as u64;
+            self.code[at] = (self.code[at] & !(0xffff << 16)) | (off << 16);
+        }
+        self.code
+    }
+}
+
+/// The steering program, with the two maps' descriptors patched in:
+/// IPv4 TCP/UDP (unfragmented) to a (VIP, protocol, port) in `svcs` — or
+/// to (VIP, protocol, 0), an all-ports service — is redirected to the
+/// socket of its receive queue; everything else passes to the kernel.
+fn program(svcs: RawFd, xsks: RawFd) -> Vec<u64> {
     const LDXW: u8 = 0x61;
     const LDXH: u8 = 0x69;
+    const LDXB: u8 = 0x71;
     const STXW: u8 = 0x63;
+    const STXH: u8 = 0x6b;
+    const STXB: u8 = 0x73;
+    const STH: u8 = 0x6a;
+    const STB: u8 = 0x72;
     const MOV64X: u8 = 0xbf;
     const MOV64K: u8 = 0xb7;
     const ADD64K: u8 = 0x07;
+    const ADD64X: u8 = 0x0f;
+    const AND64K: u8 = 0x57;
+    const LSH64K: u8 = 0x67;
     const JGTX: u8 = 0x2d;
+    const JGEX: u8 = 0x3d;
     const JNEK: u8 = 0x55;
     const JEQK: u8 = 0x15;
-    const LDDW: u8 = 0x18;
     const CALL: u8 = 0x85;
     const EXIT: u8 = 0x95;
-    const PSEUDO_MAP_FD: u8 = 1;
-    const JGEX: u8 = 0x3d;
-    const PASS: i16 = 25; // index of the `pass:` label
-    let p = vec![
-        insn(MOV64X, 6, 1, 0, 0),                 // 0: r6 = ctx
-        insn(LDXW, 2, 6, 0, 0),                   // 1: r2 = ctx->data
-        insn(LDXW, 3, 6, 4, 0),                   // 2: r3 = ctx->data_end
-        insn(MOV64X, 4, 2, 0, 0),                 // 3: r4 = r2
-        insn(ADD64K, 4, 0, 0, 34),                // 4: r4 += 14 + 20
-        insn(JGTX, 4, 3, PASS - 6, 0),            // 5: short frame
-        insn(MOV64X, 4, 2, 0, 0),                 // 6: r4 = r2
-        insn(ADD64K, 4, 0, 0, MAX_FRAME + 1),     // 7
-        insn(JGEX, 3, 4, PASS - 9, 0),            // 8: too long for a chunk
-        insn(LDXH, 5, 2, 12, 0),                  // 9: ethertype
-        insn(JNEK, 5, 0, PASS - 11, 0x0008),      // 10: not IPv4 (0x0800, BE)
-        insn(LDXW, 5, 2, 30, 0),                  // 11: ip.daddr
-        insn(STXW, 10, 5, -4, 0),                 // 12: key on the stack
-        insn(MOV64X, 2, 10, 0, 0),                // 13
-        insn(ADD64K, 2, 0, 0, -4),                // 14: r2 = &key
-        insn(LDDW, 1, PSEUDO_MAP_FD, 0, vips),    // 15: r1 = vips
-        0,                                        // 16
-        insn(CALL, 0, 0, 0, HELPER_MAP_LOOKUP),   // 17
-        insn(JEQK, 0, 0, PASS - 19, 0),           // 18: not a VIP
-        insn(LDXW, 2, 6, 16, 0),                  // 19: ctx->rx_queue_index
-        insn(LDDW, 1, PSEUDO_MAP_FD, 0, xsks),    // 20: r1 = xsks
-        0,                                        // 21
-        insn(MOV64K, 3, 0, 0, XDP_PASS),          // 22: fallback action
-        insn(CALL, 0, 0, 0, HELPER_REDIRECT_MAP), // 23
-        insn(EXIT, 0, 0, 0, 0),                   // 24
-        insn(MOV64K, 0, 0, 0, XDP_PASS),          // 25: pass:
-        insn(EXIT, 0, 0, 0, 0),                   // 26
-    ];
-    debug_assert_eq!(p.len(), 27);
-    p
+    use Label::*;
+    let mut a = Asm {
+        code: Vec::new(),
+        jumps: Vec::new(),
+        labels: Vec::new(),
+    };
+    a.i(MOV64X, 6, 1, 0, 0) // r6 = ctx
+        .i(LDXW, 2, 6, 0, 0) // r2 = ctx->data
+        .i(LDXW, 3, 6, 4, 0) // r3 = ctx->data_end
+        .i(MOV64X, 4, 2, 0, 0)
+        .i(ADD64K, 4, 0, 0, 34)
+        .j(JGTX, 4, 3, 0, Pass) // shorter than Ethernet + IPv4 headers
+        .i(MOV64X, 4, 2, 0, 0)
+        .i(ADD64K, 4, 0, 0, MAX_FRAME + 1)
+        .j(JGEX, 3, 4, 0, Pass) // too long for a chunk
+        .i(LDXH, 5, 2, 12, 0)
+        .j(JNEK, 5, 0, 0x0008, Pass) // not IPv4 (0x0800, big-endian)
+        .i(LDXH, 7, 2, 20, 0) // flags and fragment offset, as loaded
+        .i(AND64K, 7, 0, 0, 0xff3f) // MF and the offset
+        .j(JNEK, 7, 0, 0, Pass) // a fragment: no ports (or not all)
+        .i(LDXB, 5, 2, 23, 0) // r5 = protocol
+        .j(JEQK, 5, 0, 6, Ports)
+        .j(JNEK, 5, 0, 17, Pass) // neither TCP nor UDP
+        .label(Ports)
+        .i(LDXB, 7, 2, 14, 0)
+        .i(AND64K, 7, 0, 0, 0x0f)
+        .i(LSH64K, 7, 0, 0, 2) // r7 = IPv4 header length (≤ 60)
+        .i(MOV64X, 8, 2, 0, 0)
+        .i(ADD64X, 8, 7, 0, 0)
+        .i(ADD64K, 8, 0, 0, 14) // r8 = the TCP/UDP header
+        .i(MOV64X, 9, 8, 0, 0)
+        .i(ADD64K, 9, 0, 0, 4)
+        .j(JGTX, 9, 3, 0, Pass) // no room for the ports
+        .i(LDXH, 7, 8, 2, 0) // destination port (network order)
+        .i(LDXW, 8, 2, 30, 0) // destination address (network order)
+        // key = {daddr, dport, protocol, 0} on the stack
+        .i(STXW, 10, 8, -8, 0)
+        .i(STXH, 10, 7, -4, 0)
+        .i(STXB, 10, 5, -2, 0)
+        .i(STB, 10, 0, -1, 0)
+        .i(MOV64X, 2, 10, 0, 0)
+        .i(ADD64K, 2, 0, 0, -8)
+        .map(1, svcs)
+        .i(CALL, 0, 0, 0, HELPER_MAP_LOOKUP)
+        .j(JNEK, 0, 0, 0, Redirect) // a service on this port
+        .i(STH, 10, 0, -4, 0) // port 0: an all-ports service?
+        .i(MOV64X, 2, 10, 0, 0)
+        .i(ADD64K, 2, 0, 0, -8)
+        .map(1, svcs)
+        .i(CALL, 0, 0, 0, HELPER_MAP_LOOKUP)
+        .j(JEQK, 0, 0, 0, Pass)
+        .label(Redirect)
+        .i(LDXW, 2, 6, 16, 0) // ctx->rx_queue_index
+        .map(1, xsks)
+        .i(MOV64K, 3, 0, 0, XDP_PASS) // fallback action: no socket bound
+        .i(CALL, 0, 0, 0, HELPER_REDIRECT_MAP)
+        .i(EXIT, 0, 0, 0, 0)
+        .label(Pass)
+        .i(MOV64K, 0, 0, 0, XDP_PASS)
+        .i(EXIT, 0, 0, 0, 0);
+    a.finish()
 }
 
 fn prog_load(insns: &[u64]) -> io::Result<OwnedFd> {
@@ -219,24 +312,24 @@ fn link_create(prog: &OwnedFd, ifindex: u32, flags: u32) -> io::Result<OwnedFd> 
 /// The attached steering program and its maps. Dropping it detaches the
 /// program.
 pub struct Steering {
-    vips: OwnedFd,
+    svcs: OwnedFd,
     xsks: OwnedFd,
     _prog: OwnedFd,
     _link: OwnedFd,
     /// "native" or "generic".
     pub mode: &'static str,
-    installed: Mutex<Vec<u32>>,
+    installed: Mutex<Vec<[u8; 8]>>,
 }
 
 impl Steering {
     /// Loads the program and attaches it to `ifindex` with room for
     /// `queues` sockets.
     pub fn attach(ifindex: u32, queues: u32) -> io::Result<Steering> {
-        let vips = map_create(BPF_MAP_TYPE_HASH, 4, 4, 1024)
-            .map_err(|e| io::Error::new(e.kind(), format!("creating the VIP map: {e}")))?;
+        let svcs = map_create(BPF_MAP_TYPE_HASH, 8, 4, MAX_STEERED)
+            .map_err(|e| io::Error::new(e.kind(), format!("creating the service map: {e}")))?;
         let xsks = map_create(BPF_MAP_TYPE_XSKMAP, 4, 4, queues.max(1))
             .map_err(|e| io::Error::new(e.kind(), format!("creating the socket map: {e}")))?;
-        let prog = prog_load(&program(vips.as_raw_fd(), xsks.as_raw_fd()))
+        let prog = prog_load(&program(svcs.as_raw_fd(), xsks.as_raw_fd()))
             .map_err(|e| io::Error::new(e.kind(), format!("loading the XDP program: {e}")))?;
         let (link, mode) = match link_create(&prog, ifindex, XDP_FLAGS_DRV_MODE) {
             Ok(l) => (l, "native"),
@@ -254,7 +347,7 @@ impl Steering {
             },
         };
         Ok(Steering {
-            vips,
+            svcs,
             xsks,
             _prog: prog,
             _link: link,
@@ -263,17 +356,24 @@ impl Steering {
         })
     }
 
-    /// Makes `vips` (host order) the set of addresses steered to the
-    /// sockets.
-    pub fn set_vips(&self, vips: &[u32]) -> io::Result<()> {
+    /// Makes `services` — (VIP, protocol, port), host order; port 0 for an
+    /// all-ports service — the set steered to the sockets.
+    pub fn set_services(&self, services: &[(u32, u8, u16)]) -> io::Result<()> {
+        let keys: Vec<[u8; 8]> = services
+            .iter()
+            .map(|&(vip, proto, port)| {
+                let (v, p) = (vip.to_be_bytes(), port.to_be_bytes());
+                [v[0], v[1], v[2], v[3], p[0], p[1], proto, 0]
+            })
+            .collect();
         let mut have = self.installed.lock().unwrap_or_else(|e| e.into_inner());
-        for old in have.iter().filter(|v| !vips.contains(v)) {
-            map_delete(&self.vips, &old.to_be_bytes())?;
+        for old in have.iter().filter(|k| !keys.contains(k)) {
+            map_delete(&self.svcs, old)?;
         }
-        for new in vips.iter().filter(|v| !have.contains(v)) {
-            map_update(&self.vips, &new.to_be_bytes(), &1u32.to_ne_bytes())?;
+        for new in keys.iter().filter(|k| !have.contains(k)) {
+            map_update(&self.svcs, new, &1u32.to_ne_bytes())?;
         }
-        *have = vips.to_vec();
+        *have = keys;
         Ok(())
     }
 
@@ -784,18 +884,25 @@ mod tests {
     }
 
     #[test]
-    fn every_branch_lands_on_the_pass_label() {
+    fn every_branch_lands_on_a_label() {
         let p = program(7, 8);
-        let pass = p
-            .iter()
-            .position(|&i| i == insn(0xb7, 0, 0, 0, XDP_PASS))
-            .expect("pass label");
+        let at = |code: u64| p.iter().position(|&i| i == code).expect("label");
+        let labels = [
+            at(insn(0x71, 7, 2, 14, 0)),       // ports: load the IHL
+            at(insn(0x61, 2, 6, 16, 0)),       // redirect: load the queue
+            at(insn(0xb7, 0, 0, 0, XDP_PASS)), // pass
+        ];
+        let mut branches = 0;
         for (pc, &i) in p.iter().enumerate() {
             let code = i as u8;
             if matches!(code, 0x2d | 0x3d | 0x55 | 0x15) {
                 let off = (i >> 16) as u16 as i16;
-                assert_eq!(pc as i64 + 1 + off as i64, pass as i64, "branch at {pc}");
+                let to = (pc as i64 + 1 + off as i64) as usize;
+                assert!(labels.contains(&to), "branch at {pc} to {to}");
+                branches += 1;
             }
         }
+        assert_eq!(branches, 9);
+        assert_eq!(p.last(), Some(&insn(0x95, 0, 0, 0, 0)));
     }
 }

@@ -606,6 +606,23 @@ pub fn udp_query_with(
     .unwrap_or_else(|_| Err("client thread panicked".into()))
 }
 
+/// Sends `n` UDP datagrams from namespace `ns` to `addr`, expecting no
+/// answer.
+pub fn udp_send(ns: &str, addr: SocketAddr, payload: &[u8], n: usize) -> Result<(), String> {
+    let ns = ns.to_string();
+    let payload = payload.to_vec();
+    std::thread::spawn(move || {
+        enter_netns(&ns);
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        for _ in 0..n {
+            s.send_to(&payload, addr).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
+    .join()
+    .unwrap_or_else(|_| Err("client thread panicked".into()))
+}
+
 /// An HTTP POST of `size` bytes from namespace `ns`; returns the response.
 pub fn http_post(ns: &str, addr: SocketAddr, size: usize) -> Result<String, String> {
     let ns = ns.to_string();
