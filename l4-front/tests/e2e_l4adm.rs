@@ -140,7 +140,7 @@ fn l4adm_changes_the_running_director_without_breaking_connections() {
 }
 
 /// With the AF_XDP data path, a VIP added at run time is steered to the
-/// sockets too (the program's VIP map follows `l4adm`): a request to the
+/// sockets too (the program's service map follows `l4adm`): a request to the
 /// new VIP is answered and counted as received through AF_XDP.
 #[test]
 fn l4adm_new_vip_is_steered_through_af_xdp() {
