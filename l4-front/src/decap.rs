@@ -158,7 +158,7 @@ mod tests {
     use super::*;
     use crate::packet::build::{tcp_frame, TcpSpec};
     use crate::packet::parse::{parse, Frame};
-    use crate::packet::rewrite::tun;
+    use crate::packet::rewrite::{tun, Tunnel};
 
     #[test]
     fn only_vip_packets_come_out() {
@@ -167,17 +167,14 @@ mod tests {
             panic!()
         };
         let mut out = [0u8; 200];
-        let n = tun(
-            &f,
-            &ip,
-            &mut out,
-            [1; 6],
-            [2; 6],
-            0x0ac9_0202,
-            0x0ac9_020b,
-            7,
-        )
-        .unwrap();
+        let t = Tunnel {
+            src_mac: [1; 6],
+            dst_mac: [2; 6],
+            outer_src: 0x0ac9_0202,
+            outer_dst: 0x0ac9_020b,
+            id: 7,
+        };
+        let n = tun(&f, &ip, &mut out, &t).unwrap();
         let outer = &out[14..n];
         let vip = u32::from_be_bytes([10, 201, 2, 100]);
         assert_eq!(inner_for_vip(outer, &[vip]).unwrap(), &f[14..]);

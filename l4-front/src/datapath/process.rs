@@ -390,61 +390,43 @@ impl Processor {
             }
             Method::Tun => {
                 let mtu = self.shared.mtu as usize;
-                if ip.total_len + TUN_OVERHEAD > mtu {
-                    if !ip.df {
-                        // May be fragmented: the outer packet is, in two.
-                        self.ip_id = self.ip_id.wrapping_add(1);
-                        return match rewrite::tun_fragments(
-                            frame,
-                            ip,
-                            &mut self.out,
-                            local,
-                            mac,
-                            self.shared.local_ip,
-                            t.raddr,
-                            self.ip_id,
-                            mtu,
-                        ) {
-                            Ok((a, b)) => {
-                                self.stats.add(Counter::TunFragmented, 1);
-                                Verdict::SendOutputs(a, b)
-                            }
-                            Err(r) => Verdict::Drop(r),
-                        };
-                    }
-                    if matches!(ip.l4, L4::Icmp { .. }) {
-                        // No ICMP error about an ICMP message.
-                        return Verdict::Drop(DropReason::Oversize);
-                    }
-                    // As IPVS: tell the client the path MTU is 20 less.
-                    let m = (mtu - TUN_OVERHEAD) as u16;
-                    return match rewrite::icmp_frag_needed(
-                        &mut self.out,
-                        frame,
-                        ip,
-                        local,
-                        ip.dst,
-                        m,
-                    ) {
-                        Ok(n) => {
-                            self.stats.add(Counter::FragNeededSent, 1);
-                            Verdict::SendOutput(n)
+                let tunnel = |id| rewrite::Tunnel {
+                    src_mac: local,
+                    dst_mac: mac,
+                    outer_src: self.shared.local_ip,
+                    outer_dst: t.raddr,
+                    id,
+                };
+                if ip.total_len + TUN_OVERHEAD <= mtu {
+                    self.ip_id = self.ip_id.wrapping_add(1);
+                    return match rewrite::tun(frame, ip, &mut self.out, &tunnel(self.ip_id)) {
+                        Ok(n) => Verdict::SendOutput(n),
+                        Err(r) => Verdict::Drop(r),
+                    };
+                }
+                if !ip.df {
+                    // May be fragmented: the outer packet is, in two.
+                    self.ip_id = self.ip_id.wrapping_add(1);
+                    let tun = tunnel(self.ip_id);
+                    return match rewrite::tun_fragments(frame, ip, &mut self.out, &tun, mtu) {
+                        Ok((a, b)) => {
+                            self.stats.add(Counter::TunFragmented, 1);
+                            Verdict::SendOutputs(a, b)
                         }
                         Err(r) => Verdict::Drop(r),
                     };
                 }
-                self.ip_id = self.ip_id.wrapping_add(1);
-                match rewrite::tun(
-                    frame,
-                    ip,
-                    &mut self.out,
-                    local,
-                    mac,
-                    self.shared.local_ip,
-                    t.raddr,
-                    self.ip_id,
-                ) {
-                    Ok(n) => Verdict::SendOutput(n),
+                if matches!(ip.l4, L4::Icmp { .. }) {
+                    // No ICMP error about an ICMP message.
+                    return Verdict::Drop(DropReason::Oversize);
+                }
+                // As IPVS: tell the client the path MTU is 20 less.
+                let m = (mtu - TUN_OVERHEAD) as u16;
+                match rewrite::icmp_frag_needed(&mut self.out, frame, ip, local, ip.dst, m) {
+                    Ok(n) => {
+                        self.stats.add(Counter::FragNeededSent, 1);
+                        Verdict::SendOutput(n)
+                    }
                     Err(r) => Verdict::Drop(r),
                 }
             }

@@ -23,20 +23,38 @@ pub fn dr(frame: &mut [u8], src_mac: [u8; 6], dst_mac: [u8; 6]) {
     }
 }
 
+/// The outer headers of a VS/TUN packet.
+#[derive(Debug, Clone, Copy)]
+pub struct Tunnel {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    /// The director's address and the real server's.
+    pub outer_src: u32,
+    pub outer_dst: u32,
+    pub id: u16,
+}
+
+impl Tunnel {
+    /// Ethernet + outer IPv4 header for `payload` bytes of inner packet.
+    fn headers(&self, o: &mut [u8], payload: usize, df: bool) {
+        build::eth(o, self.dst_mac, self.src_mac, ETHERTYPE_IPV4);
+        build::ipv4_header(
+            &mut o[14..34],
+            (TUN_OVERHEAD + payload) as u16,
+            self.id,
+            df,
+            64,
+            PROTO_IPIP,
+            self.outer_src,
+            self.outer_dst,
+        );
+    }
+}
+
 /// VS/TUN: writes Ethernet + outer IPv4 (protocol 4) + the inner IP packet
 /// of `frame` into `out`; returns the frame length. The outer header copies
 /// the inner DF bit (so path-MTU discovery keeps working) and TTL 64.
-#[allow(clippy::too_many_arguments)]
-pub fn tun(
-    frame: &[u8],
-    ip: &Ipv4,
-    out: &mut [u8],
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
-    outer_src: u32,
-    outer_dst: u32,
-    id: u16,
-) -> Result<usize, DropReason> {
+pub fn tun(frame: &[u8], ip: &Ipv4, out: &mut [u8], t: &Tunnel) -> Result<usize, DropReason> {
     let inner = frame
         .get(ip.l3..ip.frame_len())
         .ok_or(DropReason::TruncatedIp)?;
@@ -45,17 +63,7 @@ pub fn tun(
     if total > u16::MAX as usize || len > out.len() {
         return Err(DropReason::Oversize);
     }
-    build::eth(out, dst_mac, src_mac, ETHERTYPE_IPV4);
-    build::ipv4_header(
-        &mut out[14..34],
-        total as u16,
-        id,
-        ip.df,
-        64,
-        PROTO_IPIP,
-        outer_src,
-        outer_dst,
-    );
+    t.headers(out, inner.len(), ip.df);
     out[34..len].copy_from_slice(inner);
     Ok(len)
 }
@@ -66,16 +74,11 @@ pub fn tun(
 /// second right after the first; returns their lengths. (The inner packet
 /// is at most `mtu` long — longer frames are refused before — so two
 /// fragments always suffice.)
-#[allow(clippy::too_many_arguments)]
 pub fn tun_fragments(
     frame: &[u8],
     ip: &Ipv4,
     out: &mut [u8],
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
-    outer_src: u32,
-    outer_dst: u32,
-    id: u16,
+    t: &Tunnel,
     mtu: usize,
 ) -> Result<(usize, usize), DropReason> {
     let inner = frame
@@ -96,17 +99,7 @@ pub fn tun_fragments(
         (n1, &inner[first..], first, false),
     ] {
         let o = &mut out[at..at + 14 + TUN_OVERHEAD + part.len()];
-        build::eth(o, dst_mac, src_mac, ETHERTYPE_IPV4);
-        build::ipv4_header(
-            &mut o[14..34],
-            (TUN_OVERHEAD + part.len()) as u16,
-            id,
-            false,
-            64,
-            PROTO_IPIP,
-            outer_src,
-            outer_dst,
-        );
+        t.headers(o, part.len(), false);
         let frag = (offset / 8) as u16 | if more { 0x2000 } else { 0 };
         o[20..22].copy_from_slice(&frag.to_be_bytes());
         o[24..26].copy_from_slice(&[0, 0]);
@@ -397,7 +390,18 @@ mod tests {
         let ip = ip_of(&f);
         let mut out = [0u8; 40];
         assert_eq!(
-            tun(&f, &ip, &mut out, [1; 6], [2; 6], 1, 2, 0),
+            tun(
+                &f,
+                &ip,
+                &mut out,
+                &Tunnel {
+                    src_mac: [1; 6],
+                    dst_mac: [2; 6],
+                    outer_src: 1,
+                    outer_dst: 2,
+                    id: 0
+                }
+            ),
             Err(DropReason::Oversize)
         );
     }

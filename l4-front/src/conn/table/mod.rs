@@ -705,16 +705,21 @@ mod tests {
             .is_ok());
     }
 
-    #[test]
-    fn templates_are_held_open_while_used() {
-        let t = ConnTable::new(4, 100, Timeouts::default(), 5);
-        let tk = ConnKey {
+    /// A persistence template's key (client network, port 0, proto | 0x80).
+    fn template_key() -> ConnKey {
+        ConnKey {
             caddr: 0x0ac9_0100,
             vaddr: 1,
             cport: 0,
             vport: 80,
             proto: 0x86,
-        };
+        }
+    }
+
+    #[test]
+    fn templates_are_held_open_while_used() {
+        let t = ConnTable::new(4, 100, Timeouts::default(), 5);
+        let tk = template_key();
         let a = t
             .track_template(tk, 0, 300, |_| true, || target(2))
             .unwrap();
@@ -739,13 +744,7 @@ mod tests {
     #[test]
     fn template_of_an_unusable_server_is_pointed_elsewhere() {
         let t = ConnTable::new(4, 100, Timeouts::default(), 5);
-        let tk = ConnKey {
-            caddr: 0x0ac9_0100,
-            vaddr: 1,
-            cport: 0,
-            vport: 80,
-            proto: 0x86,
-        };
+        let tk = template_key();
         assert_eq!(
             t.track_template(tk, 0, 300, |_| true, || target(2))
                 .unwrap()
