@@ -128,14 +128,27 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), RunError> {
             );
         }
         first = PacketSocket::open_tx(&iface).ok();
-        let sock = PacketSocket::open(&iface, Some(group)).map_err(|source| RunError::Socket {
-            iface: iface.clone(),
-            source,
-        })?;
-        handles.push(spawner.spawn("l4-slow".into(), &mut stats, move |p, c, s| {
-            worker::run(sock, None, p, c, s)
-        })?);
-        tracing::info!(mode = steer.mode, sockets = n, "AF_XDP data path");
+        // The slow path (ARP, VS/NAT replies, whatever the program passes
+        // on): `workers` packet sockets in one fanout group, so a VS/NAT
+        // service's replies — its heavy direction — spread over cores too.
+        for i in 0..workers {
+            let sock =
+                PacketSocket::open(&iface, Some(group)).map_err(|source| RunError::Socket {
+                    iface: iface.clone(),
+                    source,
+                })?;
+            handles.push(
+                spawner.spawn(format!("l4-slow-{i}"), &mut stats, move |p, c, s| {
+                    worker::run(sock, None, p, c, s)
+                })?,
+            );
+        }
+        tracing::info!(
+            mode = steer.mode,
+            sockets = n,
+            slow = workers,
+            "AF_XDP data path"
+        );
         Some(steer)
     } else {
         for i in 0..workers {
