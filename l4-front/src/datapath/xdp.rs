@@ -737,19 +737,24 @@ impl XdpSocket {
 
     /// As [`XdpSocket::chunk`], to read.
     fn frame(&self, addr: u64, len: usize) -> &[u8] {
-        let end = (addr as usize + len).min(CHUNK * FRAMES);
-        let start = (addr as usize).min(end);
+        let (start, n) = span(addr, len);
         // SAFETY: as in `chunk`.
-        unsafe { std::slice::from_raw_parts(self.umem.add(start), end - start) }
+        unsafe { std::slice::from_raw_parts(self.umem.add(start), n) }
     }
 
     fn chunk(&mut self, addr: u64, len: usize) -> &mut [u8] {
-        let end = (addr as usize + len).min(CHUNK * FRAMES);
-        let start = (addr as usize).min(end);
-        // SAFETY: [start, end) lies inside the UMEM, and the chunk is owned
-        // by user space (taken from the receive ring or the free list).
-        unsafe { std::slice::from_raw_parts_mut(self.umem.add(start), end - start) }
+        let (start, n) = span(addr, len);
+        // SAFETY: [start, start + n) lies inside the UMEM, and the chunk is
+        // owned by user space (taken from the receive ring or the free list).
+        unsafe { std::slice::from_raw_parts_mut(self.umem.add(start), n) }
     }
+}
+
+/// `len` bytes at UMEM offset `addr`, clipped to the UMEM: (start, length).
+fn span(addr: u64, len: usize) -> (usize, usize) {
+    let end = (addr as usize).saturating_add(len).min(CHUNK * FRAMES);
+    let start = (addr as usize).min(end);
+    (start, end - start)
 }
 
 impl Drop for XdpSocket {

@@ -102,7 +102,7 @@ impl ConnTable {
         let expires = now.saturating_add(timeout);
         if let Some(id) = sh.store.find(&tkey, hash) {
             let c = sh.store.get_mut(id);
-            let mut target = c.conn().target();
+            let mut target = c.target();
             if !usable(&target) {
                 target = schedule()?;
                 c.retarget(&target);

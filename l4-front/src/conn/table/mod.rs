@@ -356,8 +356,7 @@ impl ConnTable {
                 Event::TcpSeq(seg) => Some(tcp_next(old, seg.flags)),
                 Event::Udp => Some(ConnState::Udp),
             };
-            let conn = c.conn();
-            let target = conn.target();
+            let target = c.target();
             let Some(new) = stepped else {
                 // secure_tcp: not a valid step. Forwarded (the real server
                 // judges it), but the entry keeps its state and deadline.

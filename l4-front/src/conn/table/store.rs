@@ -156,6 +156,19 @@ impl Entry {
         self.flags & LIVE != 0
     }
 
+    /// Where the connection goes.
+    pub fn target(&self) -> super::Target {
+        super::Target {
+            svc: self.svc,
+            rs: self.rs,
+            raddr: self.raddr,
+            rport: self.rport,
+            nat: self.flags & NAT != 0,
+            tun: self.flags & TUN != 0,
+            persistent: self.flags & PERSISTENT != 0,
+        }
+    }
+
     /// The entry as the rest of the director sees it.
     pub fn conn(&self) -> Conn {
         Conn {
