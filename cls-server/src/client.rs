@@ -15,7 +15,10 @@
 //! exponential back-off (`backoff_min` doubling to `backoff_max`).
 //!
 //! Works on any tokio current-thread runtime with a `LocalSet`, including
-//! tokio-uring's; the client is `!Send` by design.
+//! tokio-uring's; the client is `!Send` by design. By default it connects
+//! with tokio's own `TcpStream` (the runtime needs tokio's I/O driver); a
+//! runtime without one gives a [`Connector`] (ktcpvs: sockets waited on
+//! through io_uring).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -26,7 +29,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -60,6 +63,34 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// Lookups queued beyond this fail at once with `Overloaded`.
     pub max_queue: usize,
+    /// Opens the connection to the CLS; `None`: tokio's `TcpStream`.
+    pub connector: Option<Connector>,
+}
+
+/// A byte stream the client can talk to the CLS over.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Transport for T {}
+
+/// What [`Connector`] returns: a connected stream with Nagle off.
+pub type Connecting = Pin<Box<dyn Future<Output = std::io::Result<Box<dyn Transport>>>>>;
+
+/// How the client opens its TCP connection to `addr` (see the module docs).
+#[derive(Clone)]
+pub struct Connector(pub Rc<dyn Fn(SocketAddr) -> Connecting>);
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connector(..)")
+    }
+}
+
+/// The default: tokio's `TcpStream`.
+fn tokio_connect(addr: SocketAddr) -> Connecting {
+    Box::pin(async move {
+        let s = TcpStream::connect(addr).await?;
+        let _ = s.set_nodelay(true);
+        Ok(Box::new(s) as Box<dyn Transport>)
+    })
 }
 
 impl ClientConfig {
@@ -75,6 +106,7 @@ impl ClientConfig {
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_secs(2),
             max_queue: 8192,
+            connector: None,
         }
     }
 }
@@ -439,7 +471,7 @@ struct Reader {
 impl Reader {
     /// Buffers one whole frame; returns its length (prefix included),
     /// starting at `self.start`.
-    async fn frame(&mut self, s: &mut TcpStream) -> Result<usize, SessionError> {
+    async fn frame(&mut self, s: &mut dyn Transport) -> Result<usize, SessionError> {
         loop {
             match proto::check(&self.buf[self.start..self.end])? {
                 proto::Check::Complete(n) => return Ok(n),
@@ -573,8 +605,10 @@ async fn session(
     let cfg = &sh.cfg;
     // Connect and exchange Hello / HelloAck.
     let mut s = tokio::time::timeout(cfg.connect_timeout, async {
-        let mut s = TcpStream::connect(cfg.addr).await?;
-        let _ = s.set_nodelay(true);
+        let mut s = match &cfg.connector {
+            Some(c) => (c.0)(cfg.addr).await?,
+            None => tokio_connect(cfg.addr).await?,
+        };
         wbuf.clear();
         proto::encode_hello(
             wbuf,
@@ -585,7 +619,7 @@ async fn session(
             },
         );
         s.write_all(wbuf).await?;
-        let n = rd.frame(&mut s).await?;
+        let n = rd.frame(&mut *s).await?;
         let max_batch = match proto::parse(&rd.buf[rd.start..rd.start + n])? {
             Frame::HelloAck(a) => {
                 if a.version != proto::VERSION {
@@ -613,7 +647,7 @@ async fn session(
     sh.connects.set(sh.connects.get() + 1);
     *backoff = cfg.backoff_min;
     info!(cls = %cfg.addr, "connected to the CLS");
-    let s = &mut s.0;
+    let s = &mut *s.0;
 
     loop {
         // Idle: wait for work, noticing a CLS that goes away meanwhile.

@@ -171,6 +171,14 @@ impl ClsRt {
                 cc.node_id = cfg.node;
                 cc.timeout = cfg.timeout;
                 cc.max_batch = cfg.max_batch;
+                // The workers' runtime has no tokio reactor: wait on the
+                // socket through io_uring.
+                cc.connector = Some(cls_server::client::Connector(Rc::new(|addr| {
+                    Box::pin(async move {
+                        let s = crate::uring::RingStream::connect(addr).await?;
+                        Ok(Box::new(s) as Box<dyn cls_server::client::Transport>)
+                    })
+                })));
                 ClsClient::connect(cc)
             }
         };

@@ -3,6 +3,7 @@
 //! run inline and non-blocking, per-worker pipes for it, a liveness probe for pooled sockets, and a read
 //! helper that appends to a `Vec` with an optional deadline.
 
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
@@ -489,6 +490,149 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// A non-blocking TCP stream for tokio's `AsyncRead`/`AsyncWrite` users on
+/// a worker thread (the CLS client): reads and writes are plain
+/// non-blocking system calls, and the waits for readiness are io_uring
+/// polls, since the workers' runtime has no tokio reactor
+/// (`tokio_uring::Builder::ring_only`).
+pub struct RingStream {
+    sock: Rc<TcpStream>,
+    read_wait: Option<tokio_uring::InFlightOneshot<PollKeep, PollTransform>>,
+    write_wait: Option<tokio_uring::InFlightOneshot<PollKeep, PollTransform>>,
+}
+
+impl RingStream {
+    /// Connects (an io_uring connect) with Nagle off.
+    pub async fn connect(addr: std::net::SocketAddr) -> io::Result<RingStream> {
+        let sock = TcpStream::connect(addr).await?;
+        sock.set_nodelay(true)?;
+        set_nonblocking(sock.as_raw_fd())?;
+        Ok(RingStream {
+            sock: Rc::new(sock),
+            read_wait: None,
+            write_wait: None,
+        })
+    }
+
+    /// Waits in `slot` until the socket has `events`; `Ready` once it has
+    /// (or the poll failed: the next system call reports why).
+    fn poll_ready(
+        sock: &Rc<TcpStream>,
+        slot: &mut Option<tokio_uring::InFlightOneshot<PollKeep, PollTransform>>,
+        events: i16,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let wait = slot.get_or_insert_with(|| {
+            let sqe = opcode::PollAdd::new(types::Fd(sock.as_raw_fd()), events as u32).build();
+            UnsubmittedOneshot::new(
+                PollKeep {
+                    _sock: sock.clone(),
+                },
+                PollTransform,
+                sqe,
+            )
+            .submit()
+        });
+        match std::pin::Pin::new(wait).poll(cx) {
+            std::task::Poll::Ready(_) => {
+                *slot = None;
+                std::task::Poll::Ready(())
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for RingStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let me = self.get_mut();
+        loop {
+            let room = buf.initialize_unfilled();
+            // SAFETY: the kernel writes at most `room.len()` bytes into `room`.
+            let n = unsafe {
+                libc::recv(
+                    me.sock.as_raw_fd(),
+                    room.as_mut_ptr().cast(),
+                    room.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                buf.advance(n as usize);
+                return std::task::Poll::Ready(Ok(()));
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::WouldBlock {
+                return std::task::Poll::Ready(Err(e));
+            }
+            std::task::ready!(Self::poll_ready(
+                &me.sock,
+                &mut me.read_wait,
+                libc::POLLIN,
+                cx
+            ));
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for RingStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let me = self.get_mut();
+        loop {
+            // SAFETY: the kernel reads at most `data.len()` bytes of `data`.
+            let n = unsafe {
+                libc::send(
+                    me.sock.as_raw_fd(),
+                    data.as_ptr().cast(),
+                    data.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n >= 0 {
+                return std::task::Poll::Ready(Ok(n as usize));
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::WouldBlock {
+                return std::task::Poll::Ready(Err(e));
+            }
+            std::task::ready!(Self::poll_ready(
+                &me.sock,
+                &mut me.write_wait,
+                libc::POLLOUT,
+                cx
+            ));
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        // SAFETY: shutdown(2) on a descriptor this stream owns.
+        let r = unsafe { libc::shutdown(self.sock.as_raw_fd(), libc::SHUT_WR) };
+        std::task::Poll::Ready(if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,17 +643,22 @@ mod tests {
     /// I/O completes at all.
     #[test]
     fn timers_and_wakeups_from_other_threads_reach_an_idle_worker() {
+        timers_and_wakeups(tokio_uring::start);
+        timers_and_wakeups(|f| crate::worker::worker_runtime().start(f));
+    }
+
+    fn timers_and_wakeups(start: fn(std::pin::Pin<Box<dyn Future<Output = ()>>>)) {
         let (tx, mut rx) = tokio::sync::watch::channel(0u32);
         let (done, got) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            tokio_uring::start(async move {
+            start(Box::pin(async move {
                 let t0 = std::time::Instant::now();
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 let slept = t0.elapsed();
                 // Sent by another thread while this one sleeps in io_uring.
                 let _ = rx.changed().await;
                 let _ = done.send((slept, *rx.borrow()));
-            })
+            }))
         });
         std::thread::sleep(Duration::from_millis(60));
         tx.send(7).unwrap();
@@ -526,7 +675,12 @@ mod tests {
     /// completed operation brings the 4 ms tick back.
     #[test]
     fn a_quiet_worker_slows_its_tick_and_io_speeds_it_up() {
-        tokio_uring::start(async {
+        quiet_tick(tokio_uring::start);
+        quiet_tick(|f| crate::worker::worker_runtime().start(f));
+    }
+
+    fn quiet_tick(start: fn(std::pin::Pin<Box<dyn Future<Output = ()>>>)) {
+        start(Box::pin(async {
             let slow = || tokio_uring::ring_tick().map(|t| t.0);
             let ticks = || tokio_uring::ring_tick().map_or(0, |t| t.1);
             // Quiet: no operation completes for well over 64 ticks.
@@ -556,7 +710,96 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(1)).await;
             tokio::time::sleep(Duration::from_millis(1)).await;
             assert_eq!(slow(), Some(false), "a completion left the tick slow");
+        }));
+    }
+
+    /// A worker's runtime has no tokio reactor: a `LocalSet` with more
+    /// ready tasks than it runs per turn must not make the worker sleep in
+    /// io_uring between turns (it would sleep until the next 4 ms tick with
+    /// no I/O to end the wait). The ring-only park relies on tokio not
+    /// parking while its `block_on` future is woken (tokio 1.4x
+    /// `has_pending_work`); this guards that.
+    #[test]
+    fn a_busy_worker_does_not_sleep_between_turns() {
+        crate::worker::worker_runtime().start(async {
+            let ticks = || tokio_uring::ring_tick().map_or(0, |t| t.1);
+            // Let the tick be armed (first park), then measure.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let t0 = ticks();
+            const TASKS: usize = 200;
+            const ROUNDS: usize = 100;
+            let mut hs = Vec::new();
+            for _ in 0..TASKS {
+                hs.push(tokio_uring::spawn(async {
+                    for _ in 0..ROUNDS {
+                        // Wakes itself (the local queue), not tokio's defer list.
+                        let mut once = false;
+                        std::future::poll_fn(|cx| {
+                            if once {
+                                std::task::Poll::Ready(())
+                            } else {
+                                once = true;
+                                cx.waker().wake_by_ref();
+                                std::task::Poll::Pending
+                            }
+                        })
+                        .await;
+                    }
+                }));
+            }
+            for h in hs {
+                h.await.unwrap();
+            }
+            // The LocalSet runs up to 61 tasks per turn: ~330 turns here.
+            // Sleeping until a tick after each would take >= 1 expiry per
+            // turn; the work itself takes a few milliseconds.
+            let n = ticks() - t0;
+            let turns = (TASKS * ROUNDS / 61) as u64;
+            assert!(
+                n < turns / 4,
+                "{n} tick expiries over ~{turns} turns of ready tasks"
+            );
         });
+    }
+
+    /// The CLS client's socket on a worker: reads and writes wait through
+    /// io_uring (no tokio reactor there), including for room to write.
+    #[test]
+    fn ring_stream_reads_writes_and_waits() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        // Echo server on a plain thread, slow to start reading so the
+        // client's writes fill the socket buffers and must wait.
+        let echo = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut c, _) = l.accept().unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let n = c.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                c.write_all(&buf[..n]).unwrap();
+            }
+        });
+        crate::worker::worker_runtime().start(async move {
+            let s = RingStream::connect(addr).await.unwrap();
+            let (mut r, mut w) = tokio::io::split(s);
+            let data: Vec<u8> = (0..8_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+            let expect = data.clone();
+            let writer = tokio_uring::spawn(async move {
+                w.write_all(&data).await.unwrap();
+                w.shutdown().await.unwrap();
+            });
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.unwrap();
+            writer.await.unwrap();
+            assert_eq!(got.len(), expect.len());
+            assert!(got == expect, "echoed bytes differ");
+        });
+        echo.join().unwrap();
     }
 
     #[test]

@@ -203,10 +203,6 @@ impl Worker {
                 old.origins.borrow_mut().close();
             }
         }
-        // The CLS client talks through tokio's own reactor (epoll), which a
-        // worker sleeping in io_uring would notice only at the next
-        // completion or ring tick (vendor/tokio-uring/PATCHED.md).
-        tokio_uring::set_park_in_ring(!next.iter().any(|s| s.cls.is_some()));
         *cur = next;
         drop(cur);
         for (id, name, closed, l) in accept {
@@ -280,6 +276,40 @@ impl Worker {
     }
 }
 
+/// The best ring set-up the kernel takes:
+/// - `IORING_SETUP_DEFER_TASKRUN` + `SINGLE_ISSUER` (Linux 6.1+): the
+///   work that completes an operation runs when the worker next enters the
+///   kernel to wait, in one batch, instead of interrupting it; only the
+///   worker's own thread uses its ring, which this requires;
+/// - else `COOP_TASKRUN` (5.19+): completions need not interrupt a running
+///   worker with an IPI; it collects them at its next entry anyway;
+/// - else the default.
+fn worker_ring() -> io_uring::Builder {
+    let works = |b: &io_uring::Builder| b.build(4).is_ok();
+    let mut deferred = tokio_uring::uring_builder();
+    deferred.setup_single_issuer().setup_defer_taskrun();
+    if works(&deferred) {
+        return deferred;
+    }
+    let mut coop = tokio_uring::uring_builder();
+    coop.setup_coop_taskrun();
+    if works(&coop) {
+        return coop;
+    }
+    tokio_uring::uring_builder()
+}
+
+/// The runtime a worker runs on. No tokio reactor: the worker sleeps only
+/// in `io_uring_enter` and collects completions there
+/// (vendor/tokio-uring/PATCHED.md), so nothing on it may use `tokio::net`.
+pub fn worker_runtime() -> tokio_uring::Builder {
+    let mut b = tokio_uring::builder();
+    b.entries(1024);
+    b.ring_only(true);
+    b.uring_builder(&worker_ring());
+    b
+}
+
 /// Runs worker `id` on the current thread until shutdown, serving the
 /// services `rt` publishes (taking listener `id` of each).
 pub fn run_worker(
@@ -289,20 +319,7 @@ pub fn run_worker(
     stats: Arc<WorkerStats>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let mut ring = tokio_uring::uring_builder();
-    // Completions need not interrupt a running worker with an IPI: it
-    // collects them at its next entry into the kernel anyway (Linux 5.19+;
-    // refused by older kernels, then the ring is built without it).
-    ring.setup_coop_taskrun();
-    let mut b = tokio_uring::builder();
-    b.entries(1024);
-    if io_uring::IoUring::<io_uring::squeue::Entry>::builder()
-        .setup_coop_taskrun()
-        .build(4)
-        .is_ok()
-    {
-        b.uring_builder(&ring);
-    }
+    let b = worker_runtime();
     let alog = rt
         .access_log
         .get()

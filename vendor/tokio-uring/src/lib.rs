@@ -82,7 +82,6 @@ pub mod net;
 pub use io::write::*;
 pub use runtime::driver::op::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
 pub use runtime::spawn;
-pub use runtime::set_park_in_ring;
 pub use runtime::{precise_timers, ring_tick, PreciseTimers};
 pub use runtime::Runtime;
 
@@ -167,6 +166,7 @@ pub fn uring_builder() -> io_uring::Builder {
 pub struct Builder {
     entries: u32,
     urb: io_uring::Builder,
+    ring_only: bool,
 }
 
 /// Constructs a [`Builder`] with default settings.
@@ -179,6 +179,7 @@ pub fn builder() -> Builder {
     Builder {
         entries: 256,
         urb: io_uring::IoUring::builder(),
+        ring_only: false,
     }
 }
 
@@ -200,6 +201,17 @@ impl Builder {
     /// Refer to the [`io_uring::Builder`] documentation for all the supported methods.
     pub fn uring_builder(&mut self, b: &io_uring::Builder) -> &mut Self {
         self.urb = b.clone();
+        self
+    }
+
+    /// (ktcpvs patch) Builds the tokio runtime underneath without its I/O
+    /// driver (`tokio::net`, `tokio::signal` and `AsyncFd` cannot be used on
+    /// the thread; tokio's timers and channels can): the thread then sleeps
+    /// only in `io_uring_enter`, and the park hook collects the ring's
+    /// completions itself, so a wake-up costs one system call instead of
+    /// two (`io_uring_enter` and tokio's `epoll_wait`). See PATCHED.md.
+    pub fn ring_only(&mut self, on: bool) -> &mut Self {
+        self.ring_only = on;
         self
     }
 

@@ -1,6 +1,7 @@
 use std::future::Future;
 use std::io;
 use std::mem::ManuallyDrop;
+use std::task::Waker;
 use tokio::io::unix::AsyncFd;
 use tokio::task::LocalSet;
 
@@ -63,20 +64,6 @@ pub fn spawn<T: Future + 'static>(task: T) -> tokio::task::JoinHandle<T::Output>
 }
 
 std::thread_local! {
-    static PARK_IN_RING: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
-}
-
-/// (ktcpvs patch) Whether the runtime on this thread waits for io_uring
-/// completions inside `io_uring_enter` before tokio parks (the default; see
-/// PATCHED.md). While it waits there, readiness of descriptors registered
-/// with tokio's own reactor (`tokio::net` sockets) is noticed only at the
-/// next completion or ring tick (4 ms): a thread whose tasks do I/O through
-/// `tokio::net` should turn this off.
-pub fn set_park_in_ring(on: bool) {
-    PARK_IN_RING.with(|c| c.set(on));
-}
-
-std::thread_local! {
     static PRECISE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
@@ -118,27 +105,34 @@ impl Runtime {
     ///
     /// This takes the tokio-uring [`Builder`](crate::Builder) as a parameter.
     pub fn new(b: &crate::Builder) -> io::Result<Runtime> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .on_thread_park(|| {
-                CONTEXT.with(|x| {
-                    let h = x
-                        .handle()
-                        .expect("Internal error, driver context not present when invoking hooks");
-                    let _ = if PARK_IN_RING.with(|c| c.get()) {
-                        h.flush_and_wait()
-                    } else {
-                        h.flush()
-                    };
-                });
-            })
-            .enable_all()
-            .build()?;
+        let ring_only = b.ring_only;
+        let mut tb = tokio::runtime::Builder::new_current_thread();
+        tb.on_thread_park(move || {
+            CONTEXT.with(|x| {
+                let h = x
+                    .handle()
+                    .expect("Internal error, driver context not present when invoking hooks");
+                if ring_only {
+                    park_ring_only(&h);
+                } else {
+                    let _ = h.flush_and_wait(false);
+                }
+            });
+        });
+        if ring_only {
+            tb.enable_time();
+        } else {
+            tb.enable_all();
+        }
+        let rt = tb.build()?;
 
         let tokio_rt = ManuallyDrop::new(rt);
         let local = ManuallyDrop::new(LocalSet::new());
         let driver = driver::Handle::new(b)?;
 
-        start_uring_wakes_task(&tokio_rt, &local, driver.clone());
+        if !ring_only {
+            start_uring_wakes_task(&tokio_rt, &local, driver.clone());
+        }
 
         Ok(Runtime {
             local,
@@ -170,6 +164,7 @@ impl Runtime {
 
         impl Drop for ContextGuard {
             fn drop(&mut self) {
+                RING_WAKER.with(|w| w.borrow_mut().take());
                 CONTEXT.with(|cx| cx.unset_driver());
             }
         }
@@ -180,15 +175,44 @@ impl Runtime {
 
         tokio::pin!(future);
 
-        let res = self
-            .tokio_rt
-            .block_on(self.local.run_until(std::future::poll_fn(|cx| {
-                // assert!(drive.as_mut().poll(cx).is_pending());
-                future.as_mut().poll(cx)
-            })));
-
-        res
+        let run = self
+            .local
+            .run_until(std::future::poll_fn(|cx| future.as_mut().poll(cx)));
+        tokio::pin!(run);
+        self.tokio_rt.block_on(std::future::poll_fn(|cx| {
+            // The ring-only park hook wakes this future: keep its waker.
+            RING_WAKER.with(|w| {
+                let mut w = w.borrow_mut();
+                if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *w = Some(cx.waker().clone());
+                }
+            });
+            run.as_mut().poll(cx)
+        }))
     }
+}
+
+std::thread_local! {
+    /// (ktcpvs patch) The waker of the `block_on` future running on this thread.
+    static RING_WAKER: std::cell::RefCell<Option<Waker>> = const { std::cell::RefCell::new(None) };
+}
+
+/// (ktcpvs patch) The park hook of a ring-only runtime (`Builder::ring_only`).
+/// tokio calls it only when it has nothing to run (otherwise it polls its
+/// drivers without parking: `has_pending_work`). It submits and sleeps in
+/// `io_uring_enter` until an operation completes (or the ring tick
+/// expires), completes the finished operations (waking their tasks), then
+/// wakes the `block_on` future: tokio, which has no reactor to sleep in
+/// here, then only runs its due timers and polls again instead of blocking
+/// in its own park.
+fn park_ring_only(h: &driver::Handle) {
+    let _ = h.flush_and_wait(true);
+    h.dispatch_completions();
+    RING_WAKER.with(|w| {
+        if let Some(w) = w.borrow().as_ref() {
+            w.wake_by_ref();
+        }
+    });
 }
 
 impl Drop for Runtime {

@@ -47,10 +47,6 @@ impl Handle {
         self.inner.borrow_mut().dispatch_completions()
     }
 
-    pub(crate) fn flush(&self) -> io::Result<usize> {
-        self.inner.borrow_mut().uring.submit()
-    }
-
     /// ktcpvs patch: called when the thread is about to park in tokio's
     /// `epoll_wait`. Submits what is queued and, if no completion is
     /// waiting, sleeps in the same `io_uring_enter` until one arrives. A
@@ -68,11 +64,21 @@ impl Handle {
     /// thread has been quiet for `QUIET_TICKS` ticks and holds no
     /// `PreciseTimers` (the period is changed here, at park). Where the
     /// kernel refuses it (before 6.4), this is upstream's plain submit.
-    pub(crate) fn flush_and_wait(&self) -> io::Result<usize> {
+    pub(crate) fn flush_and_wait(&self, ring_only: bool) -> io::Result<usize> {
         let mut inner = self.inner.borrow_mut();
         let d = &mut *inner;
         if d.tick == Tick::Failed {
-            return d.uring.submit();
+            if !ring_only {
+                return d.uring.submit();
+            }
+            // No multishot timeout (Linux < 6.4) and no tokio reactor to
+            // sleep in: wait here, at most one tick, for a completion.
+            let ts = io_uring::types::Timespec::new().nsec(TICK_NS);
+            let args = io_uring::types::SubmitArgs::new().timespec(&ts);
+            return match d.uring.submitter().submit_with_args(1, &args) {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR)) => Ok(0),
+                r => r,
+            };
         }
         if d.tick == Tick::Unarmed {
             d.tick_ts = io_uring::types::Timespec::new().nsec(TICK_NS);
