@@ -80,6 +80,13 @@ impl OneshotOutputTransform for PollTransform {
 /// Waits (through io_uring, one-shot IORING_OP_POLL_ADD) until `sock` has
 /// one of `events` (POLLIN, POLLOUT; errors and hang-ups always count).
 pub async fn poll(sock: &Rc<TcpStream>, events: i16) -> io::Result<u32> {
+    poll_op(sock, events).await
+}
+
+/// The submitted poll behind [`poll`], as a nameable future.
+type PollOp = tokio_uring::InFlightOneshot<PollKeep, PollTransform>;
+
+fn poll_op(sock: &Rc<TcpStream>, events: i16) -> PollOp {
     let sqe = opcode::PollAdd::new(types::Fd(sock.as_raw_fd()), events as u32).build();
     UnsubmittedOneshot::new(
         PollKeep {
@@ -89,7 +96,6 @@ pub async fn poll(sock: &Rc<TcpStream>, events: i16) -> io::Result<u32> {
         sqe,
     )
     .submit()
-    .await
 }
 
 /// One non-blocking splice(2) of up to `len` bytes from `fd_in` to
@@ -497,8 +503,8 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 /// (`tokio_uring::Builder::ring_only`).
 pub struct RingStream {
     sock: Rc<TcpStream>,
-    read_wait: Option<tokio_uring::InFlightOneshot<PollKeep, PollTransform>>,
-    write_wait: Option<tokio_uring::InFlightOneshot<PollKeep, PollTransform>>,
+    read_wait: Option<PollOp>,
+    write_wait: Option<PollOp>,
 }
 
 impl RingStream {
@@ -518,21 +524,11 @@ impl RingStream {
     /// (or the poll failed: the next system call reports why).
     fn poll_ready(
         sock: &Rc<TcpStream>,
-        slot: &mut Option<tokio_uring::InFlightOneshot<PollKeep, PollTransform>>,
+        slot: &mut Option<PollOp>,
         events: i16,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
-        let wait = slot.get_or_insert_with(|| {
-            let sqe = opcode::PollAdd::new(types::Fd(sock.as_raw_fd()), events as u32).build();
-            UnsubmittedOneshot::new(
-                PollKeep {
-                    _sock: sock.clone(),
-                },
-                PollTransform,
-                sqe,
-            )
-            .submit()
-        });
+        let wait = slot.get_or_insert_with(|| poll_op(sock, events));
         match std::pin::Pin::new(wait).poll(cx) {
             std::task::Poll::Ready(_) => {
                 *slot = None;
