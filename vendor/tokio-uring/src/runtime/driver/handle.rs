@@ -63,7 +63,9 @@ impl Handle {
     /// late while the thread sleeps here — or `SLOW_TICK_NS` late once the
     /// thread has been quiet for `QUIET_TICKS` ticks and holds no
     /// `PreciseTimers` (the period is changed here, at park). Where the
-    /// kernel refuses it (before 6.4), this is upstream's plain submit.
+    /// kernel refuses it (before 6.4), this is upstream's plain submit, or,
+    /// for a ring-only runtime (`ring_only`: nothing else to sleep in), a
+    /// wait bounded by one tick.
     pub(crate) fn flush_and_wait(&self, ring_only: bool) -> io::Result<usize> {
         let mut inner = self.inner.borrow_mut();
         let d = &mut *inner;
