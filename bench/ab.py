@@ -3,6 +3,9 @@
 
     python3 bench/ab.py [--reps N] [--load ka|close1k|close300k|wrk|lat] NAME=BINARY ...
 
+A BINARY named relay-floor* is run as bench/src/bin/relay-floor.rs (the
+no-HTTP relay that bounds what any proxy can save), not as ktcpvs.
+
 Starts the benchmark's nginx origins (core 1), every given ktcpvs binary
 (one worker each) and HAProxy (all on core 0, as bench/run.sh does), then
 runs the workload against each in turn, N times, and prints each run and
@@ -67,8 +70,13 @@ def main():
             B.wait_port(p, origin)
         procs, port = {}, 18090
         for name, binary in variants:
-            conf = B.ktcpvs_conf(tmp, name, port, 1)
-            p = B.start(name, [binary, "--config", conf], B.PROXY_CORE, os.path.join(tmp, f"{name}.log"))
+            if os.path.basename(binary).startswith("relay-floor"):
+                # bench/src/bin/relay-floor.rs: the no-HTTP yardstick.
+                origins = ",".join(f"127.0.0.1:{o}" for o in B.ORIGIN_PORTS)
+                cmd = [binary, f"127.0.0.1:{port}", origins]
+            else:
+                cmd = [binary, "--config", B.ktcpvs_conf(tmp, name, port, 1)]
+            p = B.start(name, cmd, B.PROXY_CORE, os.path.join(tmp, f"{name}.log"))
             B.wait_port(port, p)
             procs[name] = (p, port)
             port += 1
