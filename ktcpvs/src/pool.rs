@@ -12,6 +12,16 @@
 //! exchange that began on an older server list finds its stack (or is
 //! closed if its server is gone).
 //!
+//! `max_idle` is what a stack keeps once demand has passed. While a server
+//! is short of connections — a `get` found its stack empty (the request
+//! had to connect) within the last [`SURGE_WINDOW`] — connections coming
+//! back are kept beyond it, and the sweeper trims the surplus once the
+//! window has passed: under a burst of concurrent requests larger than
+//! `max_idle` the pool would otherwise close connections a moment before
+//! the next requests open new ones, and the churn (a connect per request,
+//! TIME_WAIT, an origin's listen queue overflowing) makes clients wait.
+//! The surplus is bounded by the connections the burst itself opened.
+//!
 //! The same code keeps the cache front's origin connections
 //! (`crate::cache`): a [`Pool<SocketAddr>`] keyed by origin address, whose
 //! stacks are added on demand by [`Pool::put_key`] up to a maximum number
@@ -28,15 +38,41 @@ use crate::uring::idle_socket_alive;
 /// Idle time from which a pooled connection is probed before reuse.
 const PROBE_AFTER: Duration = Duration::from_millis(250);
 
+/// How long after a stack ran dry connections are kept beyond `max_idle`.
+pub const SURGE_WINDOW: Duration = Duration::from_secs(1);
+
 struct Idle {
     conn: Rc<TcpStream>,
     since: Instant,
 }
 
+/// One server's idle connections, oldest first.
+#[derive(Default)]
+struct Stack {
+    conns: Vec<Idle>,
+    /// When a `get` last found no connection here.
+    dry: Option<Instant>,
+}
+
+impl Stack {
+    fn with_capacity(n: usize) -> Stack {
+        Stack {
+            conns: Vec::with_capacity(n),
+            dry: None,
+        }
+    }
+
+    /// Ran dry within the surge window before `now`.
+    fn short(&self, now: Instant) -> bool {
+        self.dry
+            .is_some_and(|t| now.saturating_duration_since(t) < SURGE_WINDOW)
+    }
+}
+
 pub struct Pool<K = u64> {
     /// Server id (or origin address) of each stack.
     ids: Vec<K>,
-    idle: Vec<Vec<Idle>>,
+    idle: Vec<Stack>,
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -48,7 +84,7 @@ impl<K: Copy + PartialEq> Pool<K> {
             ids: ids.to_vec(),
             idle: ids
                 .iter()
-                .map(|_| Vec::with_capacity(max_idle.min(1024)))
+                .map(|_| Stack::with_capacity(max_idle.min(1024)))
                 .collect(),
             max_idle,
             idle_timeout,
@@ -79,7 +115,7 @@ impl<K: Copy + PartialEq> Pool<K> {
                         taken[k] = true;
                         std::mem::take(&mut old[k])
                     }
-                    None => Vec::with_capacity(max_idle.min(1024)),
+                    None => Stack::with_capacity(max_idle.min(1024)),
                 },
             )
             .collect();
@@ -87,7 +123,7 @@ impl<K: Copy + PartialEq> Pool<K> {
         self.max_idle = max_idle;
         self.idle_timeout = idle_timeout;
         for stack in &mut self.idle {
-            stack.truncate(max_idle);
+            stack.conns.truncate(max_idle);
         }
     }
 
@@ -113,7 +149,7 @@ impl<K: Copy + PartialEq> Pool<K> {
             return (None, 0);
         };
         let stack = &mut self.idle[i];
-        while let Some(c) = stack.pop() {
+        while let Some(c) = stack.conns.pop() {
             let idle = c.since.elapsed();
             // A connection used moments ago is not probed: the syscall would
             // cost more than the rare failure it finds, which the retry of
@@ -125,6 +161,7 @@ impl<K: Copy + PartialEq> Pool<K> {
             }
             stale += 1;
         }
+        stack.dry = Some(Instant::now());
         (None, stale)
     }
 
@@ -135,12 +172,14 @@ impl<K: Copy + PartialEq> Pool<K> {
         let Some(i) = self.slot(i, id) else {
             return;
         };
+        let max = self.max_idle;
         let stack = &mut self.idle[i];
-        if stack.len() < self.max_idle && Rc::strong_count(&conn) == 1 {
-            stack.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
+        if max == 0 || Rc::strong_count(&conn) != 1 {
+            return;
+        }
+        let now = Instant::now();
+        if stack.conns.len() < max || stack.short(now) {
+            stack.conns.push(Idle { conn, since: now });
         }
     }
 
@@ -157,10 +196,11 @@ impl<K: Copy + PartialEq> Pool<K> {
         }
         let k = if self.ids.len() < max_keys {
             self.ids.push(id);
-            self.idle.push(Vec::with_capacity(self.max_idle.min(16)));
+            self.idle.push(Stack::with_capacity(self.max_idle.min(16)));
             self.ids.len() - 1
-        } else if let Some(k) = self.idle.iter().position(Vec::is_empty) {
+        } else if let Some(k) = self.idle.iter().position(|s| s.conns.is_empty()) {
             self.ids[k] = id;
+            self.idle[k].dry = None;
             k
         } else {
             return;
@@ -174,34 +214,105 @@ impl<K: Copy + PartialEq> Pool<K> {
         self.max_idle = max_idle;
         self.idle_timeout = idle_timeout;
         for stack in &mut self.idle {
-            stack.truncate(max_idle);
+            stack.conns.truncate(max_idle);
         }
     }
 
-    /// Closes connections idle for longer than the timeout; returns how many.
+    /// Closes connections idle for longer than the timeout, and those
+    /// beyond `max_idle` once their stack's surge window has passed (the
+    /// longest idle first); returns how many.
     pub fn sweep(&mut self) -> usize {
+        self.sweep_at(Instant::now())
+    }
+
+    fn sweep_at(&mut self, now: Instant) -> usize {
         let t = self.idle_timeout;
         let mut n = 0;
         for stack in &mut self.idle {
-            let before = stack.len();
+            let before = stack.conns.len();
             // Oldest are at the bottom of each stack.
-            let keep_from = stack
+            let mut keep_from = stack
+                .conns
                 .iter()
-                .position(|c| c.since.elapsed() < t)
-                .unwrap_or(stack.len());
-            stack.drain(..keep_from);
-            n += before - stack.len();
+                .position(|c| now.saturating_duration_since(c.since) < t)
+                .unwrap_or(before);
+            if !stack.short(now) {
+                keep_from = keep_from.max(before.saturating_sub(self.max_idle));
+            }
+            stack.conns.drain(..keep_from);
+            n += before - stack.conns.len();
         }
         n
     }
 
     pub fn clear(&mut self) {
         for s in &mut self.idle {
-            s.clear();
+            s.conns.clear();
         }
     }
 
     pub fn idle_count(&self) -> usize {
-        self.idle.iter().map(Vec::len).sum()
+        self.idle.iter().map(|s| s.conns.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` connected client sockets (their peers kept open in `keep`).
+    async fn conns(n: usize, keep: &mut Vec<std::net::TcpStream>) -> Vec<Rc<TcpStream>> {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            keep.push(l.accept().unwrap().0);
+            out.push(Rc::new(c));
+        }
+        out
+    }
+
+    #[test]
+    fn keeps_only_max_idle_when_not_short() {
+        tokio_uring::start(async {
+            let mut keep = Vec::new();
+            let mut p: Pool<u64> = Pool::new(&[7], 2, Duration::from_secs(60));
+            for c in conns(5, &mut keep).await {
+                p.put(0, 7, c);
+            }
+            assert_eq!(p.idle_count(), 2);
+        });
+    }
+
+    /// A server that ran dry keeps what comes back beyond `max_idle` for
+    /// the surge window; the sweeper then trims back to `max_idle`,
+    /// keeping the most recently used.
+    #[test]
+    fn a_dry_server_keeps_its_surplus_for_the_surge_window() {
+        tokio_uring::start(async {
+            let mut keep = Vec::new();
+            let mut p: Pool<u64> = Pool::new(&[7], 2, Duration::from_secs(60));
+            let (none, _) = p.get(0, 7, false);
+            assert!(none.is_none());
+            let cs = conns(5, &mut keep).await;
+            let newest = cs[4].as_raw_fd();
+            for c in cs {
+                p.put(0, 7, c);
+            }
+            assert_eq!(p.idle_count(), 5, "surplus closed during a surge");
+            let now = Instant::now();
+            assert_eq!(p.sweep_at(now), 0);
+            assert_eq!(p.idle_count(), 5);
+            assert_eq!(
+                p.sweep_at(now + SURGE_WINDOW + Duration::from_millis(10)),
+                3
+            );
+            assert_eq!(p.idle_count(), 2);
+            let (c, _) = p.get(0, 7, false);
+            assert_eq!(c.unwrap().as_raw_fd(), newest);
+            // Idle timeout still applies to what is left.
+            assert_eq!(p.sweep_at(now + Duration::from_secs(61)), 1);
+            assert_eq!(p.idle_count(), 0);
+        });
     }
 }
