@@ -45,6 +45,7 @@ PORTS = {
     "ktcpvs-2w": 18083,
     "ktcpvs-splice": 18084,
     "ktcpvs-copy": 18085,
+    "relay-floor": 18086,
 }
 MAIN = ["ktcpvs", "haproxy", "nginx"]
 SPLICE_SIZES = [1024, 4096, 16384, 65536, 262144, 1048576, 10485760]
@@ -512,6 +513,11 @@ class Bench:
             self.tmp, "ktcpvs-copy", PORTS["ktcpvs-copy"], 1, 1000000000)], PORTS["ktcpvs-copy"])
         self.spec["haproxy"] = (["haproxy", "-db", "-f", haproxy_conf(self.tmp, PORTS["haproxy"])],
                                 PORTS["haproxy"])
+        floor = self.args.relay_floor
+        if floor and os.access(floor, os.X_OK):
+            origins = ",".join(f"127.0.0.1:{p}" for p in ORIGIN_PORTS)
+            self.spec["relay-floor"] = ([floor, f"127.0.0.1:{PORTS['relay-floor']}", origins],
+                                        PORTS["relay-floor"])
         d, nconf = nginx_proxy_conf(self.tmp, PORTS["nginx"])
         self.spec["nginx"] = (["nginx", "-e", "stderr", "-p", d, "-c", nconf], PORTS["nginx"])
         for name in self.spec:
@@ -608,11 +614,13 @@ class Bench:
             f.write(KA_LAT_EXP_SCRIPT)
 
         plan = []
+        # The no-HTTP relay (if built): keep-alive rows only, as a floor.
+        floor = ["relay-floor"] if "relay-floor" in self.spec else []
         for rep in range(reps):
-            for n in main:
+            for n in main + floor:
                 plan.append(("ka_max", n, lambda n=n: wrk(PORTS[n], OBJ_1K, D_MAX)))
         for rep in range(reps):
-            for n in main + ["ktcpvs-2w"]:
+            for n in main + ["ktcpvs-2w"] + floor:
                 conns = int(KA_RATE / 100 * D_FIX)
                 plan.append(("ka_fixed", n, lambda n=n, c=conns: httperf(
                     PORTS[n], OBJ_1K, KA_RATE / 100, c, 100)))
@@ -790,7 +798,7 @@ def report(s, meta, strace=None):
              f"| p50 / p99 ms @fixed load (wrk -c64, {KA_LAT_DELAY_MS} ms think) | req/s of that run "
              f"| p50 / p99 ms @fixed load, exponential think (mean {KA_LAT_DELAY_MS} ms) | req/s of that run | errors |")
     L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for p in MAIN + ["ktcpvs-2w"]:
+    for p in MAIN + ["ktcpvs-2w"] + (["relay-floor"] if ("ka_fixed", "relay-floor") in s else []):
         errs = sum((s.get((t, p), {}).get("errors") or 0)
                    for t in ("ka_max", "ka_fixed", "ka_fixed_lat", "ka_exp_lat"))
         uf = g("ka_fixed", p, "user_frac")
@@ -860,6 +868,12 @@ def report(s, meta, strace=None):
              f"CPU/req keep-alive from the wrk max runs ktcpvs/HAProxy = {fmt(ratio(g('ka_max', k, 'cpu_us'), g('ka_max', h, 'cpu_us')), 2)}; "
              f"2w/1w CPU/conn one-request-per-connection = {fmt(ratio(g('close_fixed_1k', 'ktcpvs-2w', 'cpu_us'), g('close_fixed_1k', k, 'cpu_us')), 2)}; "
              f"ktcpvs/nginx CPU/req keep-alive = {fmt(ratio(g('ka_fixed', k, 'cpu_us'), g('ka_fixed', 'nginx', 'cpu_us')), 2)}.\n")
+    if ("ka_fixed", "relay-floor") in s:
+        L.append("Floor (bench/src/bin/relay-floor.rs: one epoll thread copying bytes between "
+                 "each client and its own origin connection, no HTTP at all): keep-alive CPU/req "
+                 f"relay-floor/HAProxy = {fmt(ratio(g('ka_fixed', 'relay-floor', 'cpu_us'), g('ka_fixed', h, 'cpu_us')), 2)} "
+                 f"(ktcpvs/relay-floor = {fmt(ratio(g('ka_fixed', k, 'cpu_us'), g('ka_fixed', 'relay-floor', 'cpu_us')), 2)}); "
+                 f"req/s at saturation relay-floor/HAProxy = {fmt(ratio(g('ka_max', 'relay-floor', 'rps'), g('ka_max', h, 'rps')), 2)}.\n")
 
     # splice
     L.append("### splice vs copy (ktcpvs alone, workers=1): CPU µs per request\n")
@@ -1028,6 +1042,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="~2-minute run: 1 rep, short runs, no strace")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--ktcpvs", default=os.environ.get("KTCPVS_BIN", "/work/target-bench/release/ktcpvs"))
+    ap.add_argument("--relay-floor", default=os.environ.get("RELAY_FLOOR_BIN"),
+                    help="bench/src/bin/relay-floor.rs binary: adds the no-HTTP relay to the "
+                         "keep-alive rows as the floor any proxy's cost sits on (run.sh builds it)")
     ap.add_argument("--no-strace", action="store_true")
     ap.add_argument("--svg", default=os.path.join(HERE, "splice-vs-copy.svg"))
     ap.add_argument("--report", metavar="JSON", help="only re-render tables + SVG from a saved results JSON")

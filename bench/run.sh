@@ -13,6 +13,11 @@ if [ -z "${KTCPVS_BIN:-}" ]; then
   cargo build --release -q -p ktcpvs
   export KTCPVS_BIN="$CARGO_TARGET_DIR/release/ktcpvs"
 fi
+# The no-HTTP relay the keep-alive rows are compared with (bench/src/bin/relay-floor.rs).
+if [ -z "${RELAY_FLOOR_BIN:-}" ]; then
+  cargo build --release -q -p bench && export RELAY_FLOOR_BIN="$CARGO_TARGET_DIR/release/relay-floor" \
+    || echo "bench: relay-floor not built; its rows are left out" >&2
+fi
 pid=""
 cleanup() { [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
